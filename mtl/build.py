@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mtl.data.base import MultiTaskDataModule
 from mtl.engine.module import MultiTaskModule
+from mtl.tasks import Task
 
 
 def build_datamodule_and_module(cfg: DictConfig) -> tuple[MultiTaskDataModule, MultiTaskModule]:
@@ -16,7 +19,7 @@ def build_datamodule_and_module(cfg: DictConfig) -> tuple[MultiTaskDataModule, M
     datamodule: MultiTaskDataModule = instantiate(cfg.data)
     tasks = datamodule.tasks
     model = instantiate(cfg.model, tasks=tasks, input_shape=datamodule.input_shape)
-    method = instantiate(cfg.method, num_tasks=len(tasks))
+    method = instantiate(cfg.method, num_tasks=len(tasks), **task_index_of(cfg.method, tasks))
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     sam = instantiate(cfg.sam) if cfg.get("sam") else None
     jacobian = instantiate(cfg.jacobian) if cfg.get("jacobian") else None
@@ -32,6 +35,17 @@ def build_datamodule_and_module(cfg: DictConfig) -> tuple[MultiTaskDataModule, M
         jacobian=jacobian,
     )
     return datamodule, module
+
+
+def task_index_of(method: DictConfig, tasks: Sequence[Task]) -> dict[str, int]:
+    """``{"task": index}`` for a method config whose ``task`` names one of ``tasks`` (single-task
+    training, ``method=stl``), else ``{}``: methods see task indices, configs name tasks."""
+    if "task" not in method:
+        return {}
+    names = [task.name for task in tasks]
+    if method.task not in names:
+        raise ValueError(f"method.task={method.task!r} is not a task of this data; its tasks are {names}")
+    return {"task": names.index(method.task)}
 
 
 def build_trainer(cfg: DictConfig) -> pl.Trainer:

@@ -56,6 +56,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "higher_is_better": {task.name: task.higher_is_better() for task in datamodule.tasks},
         "seed": cfg.seed,
         "method": cfg.method.get("_target_"),
+        # the task a single-task run (method=stl) trained: mtl-report's measured Δm% baseline
+        "single_task": cfg.method.get("task"),
         "git": git_state(),
     }
     if trainer.is_global_zero:

@@ -18,8 +18,9 @@ GROUP_OPTIONS = sorted(
 )
 
 
-NEEDS = {("model", "lenet"): ["data=multimnist"]}
-"""Options that do not fit the default experiment, with what they need (LeNet needs a larger canvas)."""
+NEEDS = {("model", "lenet"): ["data=multimnist"], ("method", "stl"): ["method.task=left"]}
+"""Options that do not fit the default experiment, with what they need (LeNet needs a larger canvas,
+single-task training the name of its task)."""
 
 
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
