@@ -3,9 +3,18 @@
 Collects each run's ``results.json`` (a run is a directory with ``.hydra/``; one without results
 is listed as failed, never dropped), groups the runs by their config-group choices (``--group``,
 default ``method``; e.g. ``--group method sam``), and reports per group the mean ± standard
-deviation over the runs (seeds) of every test metric, Δm% against ``--baselines`` when given, and
-the rank. Writes ``report.md``, ``report.csv`` and, for two or more tasks, ``pareto.png`` and
+deviation over the runs (seeds) of every test metric, Δm% against the baselines, and the rank.
+Writes ``report.md``, ``report.csv`` and, for two or more tasks, ``pareto.png`` and
 ``pareto.pdf`` (per-task trade-off with the Pareto front highlighted) into ``--out``.
+
+The Δm% baselines ``{task: {metric: value}}`` come from the first of:
+
+1. ``--baselines FILE``, a JSON file;
+2. the single-task runs under the sweep dir (``method=stl method.task=<name>``): each contributes
+   its own task's test metrics, averaged over seeds. They are listed as baselines, not ranked as
+   methods;
+3. the ``baselines`` key of the runs' config (e.g. published numbers in an ``experiment=`` config),
+   in the same format.
 """
 
 from __future__ import annotations
@@ -36,6 +45,11 @@ class Run:
     choices: dict[str, str]
     results: dict[str, Any] | None
     error: str = ""
+
+    @property
+    def single_task(self) -> str | None:
+        """The task a finished single-task run (``method=stl``) trained, else None."""
+        return self.results.get("single_task") if self.results is not None else None
 
 
 @dataclass
@@ -86,6 +100,60 @@ def group_runs(runs: list[Run], keys: list[str]) -> list[Group]:
     return list(groups.values())
 
 
+def mean_and_spread(values: list[float]) -> tuple[float, float]:
+    """The mean and the sample standard deviation (0 for one value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def measured_baselines(runs: list[Run]) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
+    """From the finished single-task runs: the baselines ``{task: {metric: mean over seeds}}`` and
+    one table row per task (runs, mean ± std of its own metrics). Both are empty without such runs."""
+    by_task: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        if run.single_task is not None:
+            by_task[run.single_task].append(run)
+    baselines, rows = {}, []
+    for task, task_runs in sorted(by_task.items()):
+        values = {metric: [run.results["test"][task][metric] for run in task_runs] for metric in task_runs[0].results["test"][task]}
+        baselines[task] = {metric: statistics.fmean(series) for metric, series in values.items()}
+        rows.append({"single_task": task, "runs": len(task_runs), **{f"{task}/{metric}": mean_and_spread(series) for metric, series in values.items()}})
+    return baselines, rows
+
+
+def configured_baselines(runs: list[Run]) -> dict[str, dict[str, float]] | None:
+    """The ``baselines`` key of the runs' configs (``.hydra/config.yaml``), which must agree, or None."""
+    found: list[dict] = []
+    for run in runs:
+        config_file = run.path / ".hydra" / "config.yaml"
+        value = (yaml.safe_load(config_file.read_text()) or {}).get("baselines") if config_file.is_file() else None
+        if value is not None and value not in found:
+            found.append(value)
+    if len(found) > 1:
+        raise ValueError(f"the runs' configs give {len(found)} different baselines: {found}; pass one with --baselines")
+    return found[0] if found else None
+
+
+def choose_baselines(given: dict | None, measured: dict, runs: list[Run]) -> tuple[dict | None, str | None]:
+    """The baselines in the order of the module docstring, and where they come from."""
+    if given is not None:
+        return given, "--baselines"
+    if measured:
+        return measured, "the single-task runs (method=stl), mean over seeds"
+    configured = configured_baselines(runs)
+    return configured, "the `baselines` of the runs' config" if configured is not None else None
+
+
+def check_covers(baselines: dict[str, Any], source: str, runs: list[Run]) -> None:
+    """An error naming the tasks of the finished ``runs`` that ``baselines`` lack."""
+    tasks = {task for run in runs if run.results is not None for task in run.results["higher_is_better"]}
+    missing = sorted(tasks - set(baselines))
+    if missing:
+        raise ValueError(
+            f"the baselines from {source} cover {sorted(baselines)} but not {missing}; "
+            "run method=stl method.task=<name> for each task, or pass --baselines"
+        )
+
+
 def summary_rows(groups: list[Group], keys: list[str], baselines: dict | None) -> list[dict[str, Any]]:
     """One row per group with finished runs: mean ± std per task metric, Δm% and the rank (by Δm%
     when baselines are given, else by the mean accuracy over tasks)."""
@@ -97,9 +165,7 @@ def summary_rows(groups: list[Group], keys: list[str], baselines: dict | None) -
         row["runs"] = len(group.finished)
         for task, metrics in group.finished[0].results["test"].items():
             for metric in metrics:
-                values = group.values(task, metric)
-                spread = statistics.stdev(values) if len(values) > 1 else 0.0
-                row[f"{task}/{metric}"] = (statistics.fmean(values), spread)
+                row[f"{task}/{metric}"] = mean_and_spread(group.values(task, metric))
         if baselines is not None:
             row["Δm%"] = delta_m(group.mean_scores(), baselines, group.finished[0].results["higher_is_better"])
         rows.append(row)
@@ -117,14 +183,24 @@ def cell(value: Any) -> str:
     return str(value)
 
 
-def write_tables(rows: list[dict[str, Any]], failed: list[Run], out: Path) -> str:
+def markdown_table(rows: list[dict[str, Any]]) -> list[str]:
     columns = list(dict.fromkeys(column for row in rows for column in row))
-    markdown = ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
-    markdown += ["| " + " | ".join(cell(row.get(column, "")) for column in columns) + " |" for row in rows]
+    lines = ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
+    return lines + ["| " + " | ".join(cell(row.get(column, "")) for column in columns) + " |" for row in rows]
+
+
+def write_tables(rows: list[dict[str, Any]], baseline_source: str | None, baseline_rows: list[dict[str, Any]], failed: list[Run], out: Path) -> str:
+    """``report.md`` (the methods' table, the baselines, the failed runs) and ``report.csv`` (the methods' table)."""
+    markdown = markdown_table(rows)
+    if baseline_source is not None:
+        markdown += ["", f"Δm% against the baselines from {baseline_source}."]
+    if baseline_rows:
+        markdown += ["", *markdown_table(baseline_rows)]
     if failed:
         markdown += ["", "Failed runs:", *(f"- `{run.path}`: {run.error}" for run in failed)]
     text = "\n".join(markdown) + "\n"
     (out / "report.md").write_text(text)
+    columns = list(dict.fromkeys(column for row in rows for column in row))
     with open(out / "report.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(columns)
@@ -171,12 +247,20 @@ def plot_pareto(groups: list[Group], out: Path) -> None:
 
 
 def report(sweep_dir: Path, keys: list[str], baselines: dict | None, out: Path) -> str:
+    """Write the report of the runs under ``sweep_dir`` into ``out`` and return its Markdown; Δm%
+    is against ``baselines`` if given, else against those found as the module docstring says."""
     runs = find_runs(sweep_dir)
     if not runs:
         raise FileNotFoundError(f"no runs (directories with .hydra/) under {sweep_dir}")
-    groups = group_runs(runs, keys)
+    methods = [run for run in runs if run.single_task is None]
+    measured, baseline_rows = measured_baselines(runs)
+    baselines, source = choose_baselines(baselines, measured, runs)
+    if baselines is not None:
+        check_covers(baselines, source, methods)
+    groups = group_runs(methods, keys)
     out.mkdir(parents=True, exist_ok=True)
-    text = write_tables(summary_rows(groups, keys, baselines), [run for run in runs if run.results is None], out)
+    failed = [run for run in runs if run.results is None]
+    text = write_tables(summary_rows(groups, keys, baselines), source, baseline_rows, failed, out)
     if any(group.finished for group in groups):
         plot_pareto(groups, out)
     return text
@@ -186,7 +270,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dir", type=Path, help="directory holding the runs (e.g. outputs/train/multiruns/<date>)")
     parser.add_argument("--group", nargs="+", default=["method"], help="config groups whose choices identify a row")
-    parser.add_argument("--baselines", type=Path, help='JSON {task: {metric: value}} for Δm%% (e.g. single-task results)')
+    parser.add_argument("--baselines", type=Path, help="JSON {task: {metric: value}} for Δm%% (default: the sweep's single-task runs, else the runs' config)")
     parser.add_argument("--out", type=Path, help="where to write report.md/csv and pareto.png/pdf (default: sweep_dir)")
     args = parser.parse_args()
     baselines = json.loads(args.baselines.read_text()) if args.baselines else None

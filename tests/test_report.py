@@ -7,10 +7,13 @@ import yaml
 from mtl.report import pareto_front, report
 
 
-def make_run(root: Path, name: str, method: str, left: float | None, right: float = 0.0, log: str = "") -> None:
+def make_run(
+    root: Path, name: str, method: str, left: float | None, right: float = 0.0, log: str = "", single_task: str | None = None, config: dict | None = None
+) -> None:
     run = root / name
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": {"method": method, "data": "multidigits"}}}}))
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"seed": 0, **(config or {})}))
     if log:
         (run / "train.log").write_text(log)
     if left is None:
@@ -18,6 +21,7 @@ def make_run(root: Path, name: str, method: str, left: float | None, right: floa
     results = {
         "test": {"left": {"accuracy": left}, "right": {"accuracy": right}, "mean": {"accuracy": (left + right) / 2}},
         "higher_is_better": {"left": {"accuracy": True}, "right": {"accuracy": True}},
+        "single_task": single_task,
     }
     (run / "results.json").write_text(json.dumps(results))
 
@@ -61,13 +65,54 @@ def test_an_empty_directory_is_an_error(tmp_path):
         report(tmp_path, ["method"], None, tmp_path / "out")
 
 
-def test_a_two_run_multirun_through_the_entry_point_is_reported(tmp_path):
-    from tests.conftest import TINY
-    from tests.test_train import run_cli
+def add_single_task_runs(sweep: Path) -> None:
+    """Single-task baselines: left 0.78 and 0.82 over two seeds, right 0.9; their other task's
+    accuracy (0.1, untrained) must not count."""
+    make_run(sweep, "stl-left-0", "stl", 0.78, 0.1, single_task="left")
+    make_run(sweep, "stl-left-1", "stl", 0.82, 0.1, single_task="left")
+    make_run(sweep, "stl-right-0", "stl", 0.1, 0.9, single_task="right")
 
-    sweep = tmp_path / "sweep"
-    args = ["-m", "method=ew,gls", *TINY, "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", f"hydra.sweep.dir={sweep}"]
-    finished = run_cli("mtl.train", args, tmp_path)
-    assert finished.returncode == 0, finished.stderr[-3000:]
+
+def test_single_task_runs_are_the_baselines_and_are_not_ranked_as_methods(sweep, tmp_path):
+    add_single_task_runs(sweep)
     text = report(sweep, ["method"], None, tmp_path / "report")
-    assert sorted(line.split(" | ")[0] for line in text.splitlines()[2:]) == ["| ew", "| gls"]
+    lines = text.splitlines()
+    # the same Δm% as against the baselines left 0.8, right 0.9 (the first test)
+    assert lines[2].startswith("| ew | 2 |") and "-2.36 | 1 |" in lines[2]
+    assert lines[3].startswith("| mgda | 2 |") and "-1.25 | 2 |" in lines[3]
+    assert lines[4] == "" and "single-task runs (method=stl)" in lines[5]
+    assert lines[7:11] == [
+        "| single_task | runs | left/accuracy | right/accuracy |",
+        "| --- | --- | --- | --- |",
+        "| left | 2 | 0.8000 ± 0.0283 |  |",
+        "| right | 1 |  | 0.9000 ± 0.0000 |",
+    ]
+    assert "stl" not in (tmp_path / "report" / "report.csv").read_text()
+
+
+def test_given_baselines_take_precedence_over_single_task_runs(sweep, tmp_path):
+    add_single_task_runs(sweep)
+    text = report(sweep, ["method"], {"left": {"accuracy": 0.9}, "right": {"accuracy": 0.9}}, tmp_path / "report")
+    # ew: -((0.82-0.9)/0.9 + (0.92-0.9)/0.9)/2*100 = 3.33
+    assert "+3.33 | 1 |" in text.splitlines()[2] and "Δm% against the baselines from --baselines." in text
+
+
+def test_single_task_runs_for_some_tasks_only_name_the_missing_ones(sweep, tmp_path):
+    make_run(sweep, "stl-left-0", "stl", 0.8, 0.1, single_task="left")
+    with pytest.raises(ValueError, match=r"cover \['left'\] but not \['right'\]; run method=stl method.task=<name>"):
+        report(sweep, ["method"], None, tmp_path / "report")
+
+
+def test_without_single_task_runs_the_baselines_of_the_config_are_used(tmp_path):
+    configured = {"baselines": {"left": {"accuracy": 0.8}, "right": {"accuracy": 0.9}}}
+    make_run(tmp_path / "sweep", "0", "ew", 0.80, 0.90, config=configured)
+    make_run(tmp_path / "sweep", "1", "ew", 0.84, 0.94, config=configured)
+    text = report(tmp_path / "sweep", ["method"], None, tmp_path / "report")
+    assert "-2.36 | 1 |" in text.splitlines()[2] and "the `baselines` of the runs' config" in text
+
+
+def test_runs_whose_configs_disagree_on_the_baselines_are_an_error(tmp_path):
+    make_run(tmp_path / "sweep", "0", "ew", 0.80, 0.90, config={"baselines": {"left": {"accuracy": 0.8}}})
+    make_run(tmp_path / "sweep", "1", "ew", 0.84, 0.94, config={"baselines": {"left": {"accuracy": 0.7}}})
+    with pytest.raises(ValueError, match="the runs' configs give 2 different baselines"):
+        report(tmp_path / "sweep", ["method"], None, tmp_path / "report")
