@@ -1,0 +1,54 @@
+"""Sweeps: a multirun through the real entry point with the joblib launcher, and the Optuna searches."""
+
+import json
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+from omegaconf import OmegaConf
+from optuna.distributions import CategoricalDistribution, UniformDistribution
+
+from mtl.train import CONFIG_DIR
+from tests.conftest import TINY
+from tests.test_train import run_cli
+
+
+def test_a_two_seed_multirun_with_the_joblib_launcher_is_reported(tmp_path):
+    sweep = tmp_path / "sweep"
+    limits = ["+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1"]
+    args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1", *TINY, *limits, f"hydra.sweep.dir={sweep}"]
+    finished = run_cli("mtl.train", args, tmp_path)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "Joblib.Parallel(n_jobs=2" in finished.stdout
+    assert sorted(json.loads((sweep / str(job) / "results.json").read_text())["seed"] for job in (0, 1)) == [0, 1]
+
+    reported = run_cli("mtl.report", [str(sweep), "--out", str(tmp_path / "report")], tmp_path)
+    assert reported.returncode == 0, reported.stderr[-3000:]
+    table = (tmp_path / "report" / "report.md").read_text().splitlines()
+    assert len(table) == 3 and table[2].startswith("| ew | 2 | ")
+
+
+def hydra_config(overrides: list[str]):
+    """The composed config with its ``hydra`` node (the sweeper), as ``mtl-train -m`` would see it."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("train", overrides=overrides, return_hydra_config=True)
+
+
+@pytest.mark.parametrize(
+    ("search", "overrides", "parameter", "distribution"),
+    [
+        ("cagrad_c", [], "method.c", UniformDistribution(0.0, 0.9)),
+        ("sam_rho", ["method=pcgrad"], "sam.rho", CategoricalDistribution([0.01, 0.02, 0.05, 0.1, 0.2, 0.5])),
+    ],
+)
+def test_each_hparams_search_maximizes_the_validation_accuracy_over_a_key_of_its_config(search, overrides, parameter, distribution):
+    cfg = hydra_config([f"hparams_search={search}", *overrides])
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize" and cfg.hydra.mode.name == "MULTIRUN"
+    assert cfg.optimized_metric == "val/mean/accuracy"
+    searched, fixed = create_params_from_overrides([f"{key}={value}" for key, value in sweeper.params.items()])
+    assert searched == {parameter: distribution} and not fixed
+    assert OmegaConf.select(cfg, parameter) is not None  # the searched key exists in the composed config
+    assert cfg.method._target_ == ("mtl.methods.cagrad.CAGrad" if search == "cagrad_c" else "mtl.methods.pcgrad.PCGrad")
