@@ -7,7 +7,7 @@ import torch
 from sklearn.datasets import load_digits
 
 from mtl.data import MultiDigits, MultiMNIST
-from mtl.data.base import EpochShuffleSampler
+from mtl.data.base import EpochShuffleSampler, EvaluationShard
 from mtl.data.mnist_files import MNIST_FILES, md5, read_idx
 from mtl.data.overlay import compose_pairs, split_pools
 from mtl.tasks import INPUT_KEY
@@ -87,14 +87,31 @@ def test_pool_fractions_must_name_the_three_splits(tmp_path):
 
 
 def test_epoch_shuffle_depends_only_on_seed_and_epoch():
-    sampler = EpochShuffleSampler(50, seed=3)
+    sampler = EpochShuffleSampler(range(50), seed=3)
     first = list(sampler)
     sampler.set_epoch(1)
     second = list(sampler)
     assert sorted(first) == list(range(50)) and first != second
-    replay = EpochShuffleSampler(50, seed=3)
+    replay = EpochShuffleSampler(range(50), seed=3)
     replay.set_epoch(1)
     assert list(replay) == second
+
+
+@pytest.mark.parametrize("length", [48, 50])
+def test_epoch_shuffle_shards_hold_the_single_process_batches(length):
+    single = list(EpochShuffleSampler(range(length), seed=3))
+    shards = [list(EpochShuffleSampler(range(length), seed=3, processes=2, rank=rank)) for rank in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == -(-length // 2)
+    padded = single + single[: 2 * len(shards[0]) - length]
+    for start in range(0, len(shards[0]), 4):
+        # the b-th batches of 4 of both processes are the b-th batch of 8 of one process
+        assert sorted(shards[0][start : start + 4] + shards[1][start : start + 4]) == sorted(padded[2 * start : 2 * start + 8])
+
+
+def test_evaluation_shards_hold_every_sample_once():
+    shards = [list(EvaluationShard(range(7), processes=3, rank=rank)) for rank in range(3)]
+    assert sorted(sum(shards, [])) == list(range(7))
+    assert [len(EvaluationShard(range(7), processes=3, rank=rank)) for rank in range(3)] == [3, 2, 2]
 
 
 def test_read_idx_reads_the_official_test_files(shared_mnist):

@@ -6,17 +6,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 from abc import abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sized
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from mtl.tasks import INPUT_KEY, Task
 
@@ -40,27 +42,56 @@ class MultiTaskDataset(Dataset):
         return {INPUT_KEY: self.inputs[index], **{key: values[index] for key, values in self.targets.items()}}
 
 
-class EpochShuffleSampler(Sampler[int]):
-    """A random permutation that depends only on ``(seed, epoch)``.
+class EpochShuffleSampler(DistributedSampler):
+    """A random permutation of the dataset that depends only on ``(seed, epoch)``; in a run of
+    ``W`` processes, this process's shard of it.
 
     Lightning calls ``set_epoch`` before every training epoch, so a run resumed from a checkpoint
-    sees the same order of batches as a run that was never interrupted.
+    sees the same order of batches as a run that was never interrupted. Process ``r`` takes the
+    positions ``r, r + W, r + 2W, ...`` of the permutation (padded by repetition to a multiple of
+    ``W``, as ``DistributedSampler`` pads), so the ``b``-th batches of size ``B`` of all processes
+    together hold exactly the ``b``-th batch of size ``W·B`` of a single process: a distributed run
+    trains on the global batches of the single-process run. Being a ``DistributedSampler``, it is
+    used by Lightning as it is, not wrapped.
     """
 
-    def __init__(self, length: int, seed: int) -> None:
-        self.length = length
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.length
+    def __init__(self, dataset: Sized, seed: int, processes: int | None = None, rank: int | None = None) -> None:
+        """``processes`` and ``rank`` default to those of the default process group."""
+        processes, rank = process_layout(processes, rank)
+        super().__init__(dataset, num_replicas=processes, rank=rank, shuffle=True, seed=seed)
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0]))
-        return iter(torch.randperm(self.length, generator=generator).tolist())
+        order = torch.randperm(len(self.dataset), generator=generator).tolist()
+        padded = (order * math.ceil(self.total_size / len(order)))[: self.total_size]
+        return iter(padded[self.rank : self.total_size : self.num_replicas])
+
+
+class EvaluationShard(DistributedSampler):
+    """This process's share of the dataset, in order and without padding: over all processes every
+    sample is evaluated exactly once, so the metrics (synchronized by torchmetrics) are those of a
+    single process. ``DistributedSampler``, which Lightning would otherwise insert, repeats samples
+    to give every process the same count. Evaluation needs no equal counts: it runs no collective
+    per batch."""
+
+    def __init__(self, dataset: Sized, processes: int | None = None, rank: int | None = None) -> None:
+        processes, rank = process_layout(processes, rank)
+        super().__init__(dataset, num_replicas=processes, rank=rank, shuffle=False)
+        self.num_samples = len(range(rank, len(dataset), processes))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+
+def process_layout(processes: int | None = None, rank: int | None = None) -> tuple[int, int]:
+    """``(number of processes, this process's rank)``: the given values, else those of the default
+    process group, ``(1, 0)`` outside a distributed run."""
+    distributed = dist.is_available() and dist.is_initialized()
+    if processes is None:
+        processes = dist.get_world_size() if distributed else 1
+    if rank is None:
+        rank = dist.get_rank() if distributed else 0
+    return processes, rank
 
 
 class MultiTaskDataModule(pl.LightningDataModule):
@@ -95,13 +126,13 @@ class MultiTaskDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.splits["train"]
-        return self._loader(dataset, self.batch_size, sampler=EpochShuffleSampler(len(dataset), self.shuffle_seed))
+        return self._loader(dataset, self.batch_size, sampler=EpochShuffleSampler(dataset, self.shuffle_seed))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.splits["val"], self.eval_batch_size)
+        return self._loader(self.splits["val"], self.eval_batch_size, sampler=EvaluationShard(self.splits["val"]))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.splits["test"], self.eval_batch_size)
+        return self._loader(self.splits["test"], self.eval_batch_size, sampler=EvaluationShard(self.splits["test"]))
 
     def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler | None = None) -> DataLoader:
         # A private generator for the loader's worker seeds: creating an iterator then draws nothing
