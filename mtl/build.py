@@ -14,8 +14,8 @@ from mtl.tasks import Task
 
 
 def build_datamodule_and_module(cfg: DictConfig) -> tuple[MultiTaskDataModule, MultiTaskModule]:
-    """The data module from ``cfg.data``; the model, method, sharpness, Jacobian engine, optimizer and
-    scheduler around its tasks."""
+    """The data module from ``cfg.data``; the model, method, sharpness, Jacobian engine, distributed
+    sync, optimizer and scheduler around its tasks."""
     datamodule: MultiTaskDataModule = instantiate(cfg.data)
     tasks = datamodule.tasks
     model = instantiate(cfg.model, tasks=tasks, input_shape=datamodule.input_shape)
@@ -23,6 +23,7 @@ def build_datamodule_and_module(cfg: DictConfig) -> tuple[MultiTaskDataModule, M
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     sam = instantiate(cfg.sam) if cfg.get("sam") else None
     jacobian = instantiate(cfg.jacobian) if cfg.get("jacobian") else None
+    sync = instantiate(cfg.distributed) if cfg.get("distributed") else None
     module = MultiTaskModule(
         model=model,
         tasks=tasks,
@@ -33,6 +34,7 @@ def build_datamodule_and_module(cfg: DictConfig) -> tuple[MultiTaskDataModule, M
         seed=cfg.seed,
         config=OmegaConf.to_container(cfg, resolve=True),
         jacobian=jacobian,
+        sync=sync,
     )
     return datamodule, module
 

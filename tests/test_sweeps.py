@@ -52,3 +52,9 @@ def test_each_hparams_search_maximizes_the_validation_accuracy_over_a_key_of_its
     assert searched == {parameter: distribution} and not fixed
     assert OmegaConf.select(cfg, parameter) is not None  # the searched key exists in the composed config
     assert cfg.method._target_ == ("mtl.methods.cagrad.CAGrad" if search == "cagrad_c" else "mtl.methods.pcgrad.PCGrad")
+
+
+def test_the_slurm_launcher_composes_with_the_ddp_trainer():
+    cfg = hydra_config(["hydra/launcher=submitit_slurm", "hydra.launcher.nodes=2", "hydra.launcher.tasks_per_node=4", "trainer=ddp", "trainer.num_nodes=2"])
+    assert cfg.hydra.launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert cfg.hydra.launcher.nodes == 2 and cfg.trainer.strategy == "ddp" and cfg.trainer.num_nodes == 2

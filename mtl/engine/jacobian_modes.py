@@ -49,6 +49,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from mtl.engine.distributed import GradientSync
 from mtl.engine.jacobian import set_gradient
 from mtl.methods.base import GradientAggregator
 from mtl.methods.task_state import TaskStateAggregator
@@ -108,33 +109,76 @@ class JacobianEngine:
         representation = model.encode(inputs)
         return representation, model.decode(representation)
 
-    def write_shared_gradients(
+    def write_gradients(
         self,
         method: GradientAggregator,
         losses: Tensor,
         representations: Sequence[Tensor | None],
         shared: Sequence[nn.Parameter],
+        heads: Sequence[nn.Parameter] = (),
+        batch_size: int = 1,
+        sync: GradientSync | None = None,
     ) -> None:
         """``shared.grad`` = the method's direction for the task ``losses (N, K)`` of ``N`` samples,
-        whose forward passes gave ``representations`` (one per sample). The graph is kept."""
+        whose forward passes gave ``representations`` (one per sample); ``heads.grad`` = the
+        gradient of the losses' sum over tasks, averaged over the samples (each head follows its own
+        task). The graph is kept.
+
+        With several processes, ``sync`` (``mtl.engine.distributed``) shares the step: ``exact``
+        averages ``[Jacobians | head gradients | losses]`` weighted by ``batch_size`` before the
+        method runs, ``local`` averages ``[direction | head gradients]`` after it.
+        """
+        sync = sync or GradientSync()
+        if self.mode == "rep" and sync.exact and sync.active:
+            raise ValueError("jacobian.mode=rep aggregates gradients of this process's representation; with several processes use distributed.sync=local or an exact jacobian mode")
+        samples, tasks = losses.shape
+        width, head_width = numel(shared), numel(heads)
+        if sync.exact and self.mode != "rep":
+            flat = self._buffer("exact", (samples * tasks * width + head_width + samples * tasks + 1,), shared[0])
+            rows, head_gradients, task_losses, weight = flat.split([samples * tasks * width, head_width, samples * tasks, 1])
+            jacobians = rows.view(samples, tasks, width)
+            self._fill_jacobians(jacobians, losses, representations, shared)
+            task_losses.copy_(losses.detach().flatten())
+            self._fill_head_gradients(head_gradients, losses, heads)
+            weight.fill_(batch_size)
+            sync.average_(flat)
+            task_losses = task_losses.view(samples, tasks)
+            direction = method(jacobians[0], task_losses[0]) if samples == 1 else method(jacobians, task_losses)
+        else:
+            flat = self._buffer("local", (width + head_width + 1,), shared[0])
+            direction, head_gradients, weight = flat.split([width, head_width, 1])
+            direction.copy_(self._direction(method, losses, representations, shared))
+            self._fill_head_gradients(head_gradients, losses, heads)
+            weight.fill_(batch_size)
+            sync.average_(flat)
+        set_gradient(shared, direction)
+        set_gradient(heads, head_gradients)
+
+    def _direction(self, method: GradientAggregator, losses: Tensor, representations: Sequence[Tensor | None], shared: Sequence[nn.Parameter]) -> Tensor:
+        """This process's direction ``(P,)`` from its own task gradients."""
         if self.mode == "rep":
-            self._write_representation_direction(method, losses[0], representations[0], shared)
-            return
+            return self._representation_direction(method, losses[0], representations[0], shared)
         jacobians = self.jacobians(losses, representations, shared)
         if len(losses) == 1:
-            direction = method(jacobians[0], losses[0].detach())
-        else:
-            direction = method(jacobians, losses.detach())
-        set_gradient(shared, direction)
+            return method(jacobians[0], losses[0].detach())
+        return method(jacobians, losses.detach())
+
+    def _fill_head_gradients(self, rows: Tensor, losses: Tensor, heads: Sequence[nn.Parameter]) -> None:
+        """``rows`` = the flat gradient of ``sum(losses) / N`` with respect to the heads."""
+        if heads:
+            gradients = torch.autograd.grad(losses.sum() / len(losses), heads, retain_graph=True, allow_unused=True)
+            scatter(gradients, heads, rows)
 
     def jacobians(self, losses: Tensor, representations: Sequence[Tensor | None], shared: Sequence[nn.Parameter]) -> Tensor:
         """The Jacobians ``(N, K, P)`` of the losses ``(N, K)`` of ``N`` samples: a view of the reused buffer."""
-        width = sum(parameter.numel() for parameter in shared)
-        buffer = self._buffer("jacobian", (*losses.shape, width), shared[0])
+        buffer = self._buffer("jacobian", (*losses.shape, numel(shared)), shared[0])
+        self._fill_jacobians(buffer, losses, representations, shared)
+        return buffer
+
+    def _fill_jacobians(self, buffer: Tensor, losses: Tensor, representations: Sequence[Tensor | None], shared: Sequence[nn.Parameter]) -> None:
         for sample, (sample_losses, representation) in enumerate(zip(losses, representations)):
             outputs, cotangents = self._cotangents(sample_losses, representation, sample)
             self._fill(buffer[sample], outputs, cotangents, shared)
-        return buffer
 
     def representation_gradients(self, losses: Tensor, representation: Tensor, sample: int = 0) -> Tensor:
         """``dL_k/dz`` for every task, ``(K, *z.shape)``: one gradient through each task's head alone."""
@@ -203,13 +247,14 @@ class JacobianEngine:
         log.info("jacobian.mode=auto chose %s (%s)", choice, ", ".join(f"{mode} {seconds * 1e3:.2f} ms" for mode, seconds in timings.items()))
         return choice
 
-    def _write_representation_direction(self, method: GradientAggregator, losses: Tensor, representation: Tensor, shared: Sequence[nn.Parameter]) -> None:
-        """MGDA-UB: aggregate ``Z (K, B·D)``, backpropagate the direction through the encoder once."""
+    def _representation_direction(self, method: GradientAggregator, losses: Tensor, representation: Tensor, shared: Sequence[nn.Parameter]) -> Tensor:
+        """MGDA-UB: aggregate ``Z (K, B·D)``, backpropagate the direction through the encoder once; flat ``(P,)``."""
         rows = self.representation_gradients(losses, representation)
         direction = method(rows.flatten(start_dim=1), losses.detach())
         gradients = torch.autograd.grad(representation, shared, grad_outputs=direction.view_as(representation), retain_graph=True, allow_unused=True)
-        for parameter, gradient in zip(shared, gradients):
-            parameter.grad = gradient if gradient is not None else torch.zeros_like(parameter)
+        flat = self._buffer("direction", (numel(shared),), shared[0])
+        scatter(gradients, shared, flat)
+        return flat
 
     def _identity(self, size: int, like: Tensor) -> Tensor:
         identity = self._buffers.get("identity")
@@ -223,6 +268,11 @@ class JacobianEngine:
         if buffer is None or buffer.shape != shape or buffer.dtype != like.dtype or buffer.device != like.device:
             buffer = self._buffers[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
         return buffer
+
+
+def numel(parameters: Sequence[nn.Parameter]) -> int:
+    """The number of entries of all ``parameters`` together."""
+    return sum(parameter.numel() for parameter in parameters)
 
 
 def scatter(gradients: Sequence[Tensor | None], parameters: Sequence[nn.Parameter], rows: Tensor) -> None:

@@ -19,6 +19,11 @@ and logs.
 Optimization is manual (``automatic_optimization = False``) so that gradient aggregation and
 sharpness-aware steps can take over the backward pass inside this one ``training_step``.
 
+Under DDP, gradient aggregators compute their gradients with ``torch.autograd.grad``, which fires
+none of DDP's hooks, and share them as ``distributed.sync`` says (``mtl.engine.distributed``):
+by default every process then takes the single-process step on the global batch. Epoch metrics
+and mean losses are torchmetrics states, synchronized across processes when they are computed.
+
 Randomness is a function of ``(seed, epoch)``: the global torch generator is reseeded at the start
 of every training epoch (dropout) and the data modules shuffle by ``(seed, epoch)``, so a run
 resumed from an end-of-epoch checkpoint continues exactly as the uninterrupted run would.
@@ -27,14 +32,19 @@ resumed from an end-of-epoch checkpoint continues exactly as the uninterrupted r
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.strategies import DDPStrategy, SingleDeviceStrategy, Strategy
+from pytorch_lightning.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
+from torchmetrics import MeanMetric
 
+from mtl.engine.distributed import GradientSync
 from mtl.engine.jacobian import set_gradient, task_jacobian
 from mtl.engine.jacobian_modes import JacobianEngine
 from mtl.methods.base import GradientAggregator, LossWeighting, Method
@@ -45,6 +55,10 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
 STAGES = ("train", "val", "test")
+
+# The epoch values this module logs come from torchmetrics, already synchronized across processes;
+# Lightning cannot tell and recommends sync_dist=True for them (see MultiTaskModule._log_metrics).
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(train|val|test)/", category=PossibleUserWarning)
 MEAN = "mean"
 """Pseudo-task name under which the mean over tasks of every loss and metric is logged."""
 
@@ -69,6 +83,7 @@ class MultiTaskModule(pl.LightningModule):
         seed: int = 0,
         config: Mapping[str, Any] | None = None,
         jacobian: JacobianEngine | None = None,
+        sync: GradientSync | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(method, (LossWeighting, GradientAggregator)):
@@ -81,6 +96,7 @@ class MultiTaskModule(pl.LightningModule):
                 f"{type(model).__name__} has no shared_parameters(); use a loss weighting or a MultiTaskModel"
             )
         self.jacobian = jacobian or JacobianEngine()
+        self.sync = sync or GradientSync()
         if isinstance(method, GradientAggregator):
             self.jacobian.check(model, method)
         check_sharpness(sam, model, method)
@@ -97,6 +113,12 @@ class MultiTaskModule(pl.LightningModule):
         self.train_metrics, self.val_metrics, self.test_metrics = (
             nn.ModuleDict({task.name: task.metrics() for task in self.tasks}) for _ in STAGES
         )
+        self.train_losses, self.val_losses, self.test_losses = (
+            nn.ModuleDict({task.name: MeanMetric() for task in self.tasks}) for _ in STAGES
+        )
+
+    def setup(self, stage: str) -> None:
+        check_strategy(self.trainer.strategy, self.method, self.sam, self.jacobian, self.sync)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         return self.model(x)
@@ -117,7 +139,8 @@ class MultiTaskModule(pl.LightningModule):
         optimizer.step()
         if "losses_after_step" in self.method.requires:
             with torch.no_grad():
-                self.method.update(stack_losses(self.tasks, self.model(model_input(batch)), batch))
+                losses_after_step = stack_losses(self.tasks, self.model(model_input(batch)), batch)
+                self.method.update(self._global(losses_after_step, batch))
         return losses
 
     def _write_gradients(self, batch: Mapping[str, Tensor]) -> Tensor:
@@ -125,7 +148,8 @@ class MultiTaskModule(pl.LightningModule):
         empty); returns the task losses ``(K,)``."""
         if isinstance(self.method, LossWeighting):
             losses = self._train_losses(batch)
-            self.manual_backward(self.method.objective(losses, self._last_shared_layer_gradient_norms(losses)))
+            norms = self._last_shared_layer_gradient_norms(losses, batch)
+            self.manual_backward(self.method.objective(self._global(losses, batch), norms))
             return losses
         return self._aggregate_gradients(batch)
 
@@ -157,24 +181,50 @@ class MultiTaskModule(pl.LightningModule):
     def _write_flat_gradients(self, batch: Mapping[str, Tensor]) -> Tensor:
         """F-MTL: the clean pass here, the per-task perturbed passes in ``self.sam``; the shared
         parameters take its direction and each head its own perturbed gradient (times the task's
-        weight under a loss weighting, as in the plain step)."""
+        weight under a loss weighting, as in the plain step).
+
+        With several processes, ``exact`` sync averages the clean and the perturbed task gradients
+        over the processes (so every perturbation is the single-process one); ``local`` averages
+        the final gradients."""
         losses = self._evaluate("train", batch)
+        size = len(model_input(batch))
+        global_losses = self._global(losses, batch)
         shared = trained(self.model.shared_parameters())
         heads = [trained(self.model.task_parameters(task.name)) for task in self.tasks]
-        aggregate, head_weights = self._task_combination(losses)
-        direction, head_gradients = self.sam.step(losses, lambda: self._unrecorded(lambda: self._train_losses(batch)), shared, heads, aggregate)
+        aggregate, head_weights = self._task_combination(global_losses, batch)
+
+        def perturbed_losses() -> Tensor:
+            return self._unrecorded(lambda: self._train_losses(batch))
+
+        def share(gradients: Sequence[Tensor]) -> list[Tensor]:
+            return self.sync.average(gradients, size) if self.sync.exact else list(gradients)
+
+        direction, head_gradients = self.sam.step(global_losses, perturbed_losses, shared, heads, aggregate, share)
         set_gradient(shared, direction)
         for weight, head, gradients in zip(head_weights, heads, head_gradients):
             for parameter, gradient in zip(head, gradients):
                 parameter.grad = weight.to(gradient.dtype) * gradient
+        if not self.sync.exact:
+            self._average_gradients(size)
         return losses
 
-    def _task_combination(self, losses: Tensor) -> tuple[Aggregate, Tensor]:
+    def _average_gradients(self, batch_size: int) -> None:
+        """Replace every ``.grad`` by its average over the processes, in one all-reduce."""
+        parameters = [parameter for parameter in self.parameters() if parameter.grad is not None]
+        for parameter, gradient in zip(parameters, self.sync.average([parameter.grad for parameter in parameters], batch_size)):
+            parameter.grad = gradient
+
+    def _global(self, values: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
+        """``values`` (losses, gradients) averaged over the processes under ``exact`` sync, with the
+        gradient of this process's own; ``values`` otherwise (see ``GradientSync.global_values``)."""
+        return self.sync.global_values(values, len(model_input(batch)))
+
+    def _task_combination(self, losses: Tensor, batch: Mapping[str, Tensor]) -> tuple[Aggregate, Tensor]:
         """How F-MTL combines task gradients ``(K, P)``, and the weights ``(K,)`` of the heads'
         gradients: the loss weighting's ``∂objective/∂L_k`` for both; or the aggregator, whose
         state follows its first call of the step (the clean gradients) only, and weights of one."""
         if isinstance(self.method, LossWeighting):
-            weights = self._objective_weights(losses)
+            weights = self._objective_weights(losses, batch)
             return (lambda jacobian, _: weights.to(jacobian.dtype) @ jacobian), weights
         first_call = True
 
@@ -187,12 +237,12 @@ class MultiTaskModule(pl.LightningModule):
 
         return aggregate, torch.ones_like(losses.detach())
 
-    def _objective_weights(self, losses: Tensor) -> Tensor:
+    def _objective_weights(self, losses: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
         """``∂objective/∂L_k`` at the step's losses: the weights a loss weighting gives the task
         gradients (its objective may be nonlinear in the losses). The gradients of the method's own
         parameters go into their ``.grad``."""
         leaf = losses.detach().requires_grad_()
-        objective = self.method.objective(leaf, self._last_shared_layer_gradient_norms(losses))
+        objective = self.method.objective(leaf, self._last_shared_layer_gradient_norms(losses, batch))
         own = trained(self.method.parameters())
         weights, *own_gradients = torch.autograd.grad(objective, [leaf, *own], allow_unused=True)
         for parameter, gradient in zip(own, own_gradients):
@@ -217,12 +267,12 @@ class MultiTaskModule(pl.LightningModule):
                 setattr(module, name, buffer)
             self.method.load_state_dict(method_state)
 
-    def _last_shared_layer_gradient_norms(self, losses: Tensor) -> Tensor | None:
+    def _last_shared_layer_gradient_norms(self, losses: Tensor, batch: Mapping[str, Tensor]) -> Tensor | None:
         """``|dL_k/dW|`` for the last shared layer ``W``, for methods that require them (else None)."""
         if "last_shared_layer_gradient_norms" not in self.method.requires:
             return None
         layer = self.model.last_shared_parameters()
-        return task_jacobian(losses, layer).norm(dim=1)
+        return self._global(task_jacobian(losses, layer), batch).norm(dim=1)
 
     def _aggregate_gradients(self, batch: Mapping[str, Tensor]) -> Tensor:
         """Shared parameters take the method's direction, computed by the Jacobian engine; each head
@@ -235,10 +285,9 @@ class MultiTaskModule(pl.LightningModule):
             representations.append(representation)
             losses.append(self._score("train", predictions, part) if self._recording else stack_losses(self.tasks, predictions, part))
         losses = torch.stack(losses)
-        shared = [parameter for parameter in self.model.shared_parameters() if parameter.requires_grad]
-        self.jacobian.write_shared_gradients(self.method, losses, representations, shared)
-        heads = [p for task in self.tasks for p in self.model.task_parameters(task.name) if p.requires_grad]
-        self.manual_backward(losses.sum() / samples, inputs=heads)
+        shared = trained(self.model.shared_parameters())
+        heads = trained(parameter for task in self.tasks for parameter in self.model.task_parameters(task.name))
+        self.jacobian.write_gradients(self.method, losses, representations, shared, heads, len(model_input(batch)), self.sync)
         return losses.mean(dim=0)
 
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
@@ -268,30 +317,37 @@ class MultiTaskModule(pl.LightningModule):
         return self._score(stage, self.model(model_input(batch)), batch)
 
     def _score(self, stage: str, predictions: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> Tensor:
-        """Task losses ``(K,)`` of ``predictions`` for ``batch``; updates the stage's metrics and logs the losses."""
+        """Task losses ``(K,)`` of ``predictions`` for ``batch``; updates the stage's metrics and
+        mean losses (the training loss of the step is logged at once, for the progress bar)."""
         losses = stack_losses(self.tasks, predictions, batch)
-        metrics = self._metrics(stage)
-        for task in self.tasks:
-            metrics[task.name].update(predictions[task.name].detach(), task.target_of(batch))
         batch_size = len(batch[INPUT_KEY])
-        logged = {f"{stage}/{task.name}/loss": loss for task, loss in zip(self.tasks, losses.detach())}
-        self.log_dict(logged, on_step=False, on_epoch=True, batch_size=batch_size)
-        self.log(f"{stage}/{MEAN}/loss", losses.detach().mean(), on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=batch_size)
+        for task, loss in zip(self.tasks, losses.detach()):
+            self._metrics(stage)[task.name].update(predictions[task.name].detach(), task.target_of(batch))
+            self._losses(stage)[task.name].update(loss, batch_size)
+        if stage == "train":
+            self.log(f"train/{MEAN}/loss_step", losses.detach().mean(), on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
         return losses
 
     def _metrics(self, stage: str) -> nn.ModuleDict:
         return getattr(self, f"{stage}_metrics")
 
+    def _losses(self, stage: str) -> nn.ModuleDict:
+        return getattr(self, f"{stage}_losses")
+
     def _log_metrics(self, stage: str) -> None:
-        """Log every task's epoch metrics and their mean over the tasks that have them, then reset."""
+        """Log every task's epoch metrics and mean loss, and their mean over the tasks that have
+        them, then reset. torchmetrics synchronizes the values across processes, in the same hook
+        on every process (Lightning's ``sync_dist`` would do it lazily, when the rank-0 progress bar
+        reads a value, and deadlock against a collective of the other ranks)."""
         per_task: dict[str, Tensor] = {}
         by_name: dict[str, list[Tensor]] = {}
         for task in self.tasks:
-            collection = self._metrics(stage)[task.name]
-            for name, value in collection.compute().items():
+            metrics, loss = self._metrics(stage)[task.name], self._losses(stage)[task.name]
+            for name, value in {**metrics.compute(), "loss": loss.compute()}.items():
                 per_task[f"{stage}/{task.name}/{name}"] = value
                 by_name.setdefault(name, []).append(value)
-            collection.reset()
+            metrics.reset()
+            loss.reset()
         self.log_dict(per_task)
         self.log_dict({f"{stage}/{MEAN}/{name}": torch.stack(vals).mean() for name, vals in by_name.items()}, prog_bar=True)
 
@@ -312,6 +368,24 @@ def check_sharpness(sam: Sharpness | None, model: nn.Module, method: Method) -> 
     samples = getattr(method, "independent_samples", 1)
     if samples > 1:
         raise ValueError(f"{type(sam).__name__} takes one Jacobian per step, but {type(method).__name__} asks for {samples} independent samples; use sam=sam, asam or gsam")
+
+
+def check_strategy(strategy: Strategy, method: Method, sam: Sharpness | None, jacobian: JacobianEngine, sync: GradientSync) -> None:
+    """Refuse, at start-up, a Lightning strategy that cannot run the method's step: gradient
+    aggregators and sharpness-aware steps write ``.grad`` themselves, which only one device or DDP
+    (its reduction bypassed by ``distributed.sync``) allows."""
+    writes_gradients = isinstance(method, GradientAggregator) or sam is not None
+    if writes_gradients and not isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)):
+        what = type(method).__name__ if sam is None else f"{type(method).__name__} with sam={type(sam).__name__}"
+        raise ValueError(
+            f"{what} writes the gradients itself, which strategy {type(strategy).__name__} does not support; "
+            f"use a single device or trainer=ddp / trainer=ddp_cpu (DDPStrategy), or a loss weighting without sam"
+        )
+    if jacobian.mode == "rep" and sync.exact and strategy.world_size > 1:
+        raise ValueError(
+            f"jacobian.mode=rep aggregates gradients of each process's own representation, so it cannot be exact on "
+            f"{strategy.world_size} processes; use distributed.sync=local, or jacobian.mode=auto, loop or batched"
+        )
 
 
 def model_input(batch: Mapping[str, Tensor]) -> Tensor:

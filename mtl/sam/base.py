@@ -27,6 +27,10 @@ writes the step's update into the empty ``.grad`` of the parameters."""
 Aggregate = Callable[[Tensor, Tensor], Tensor]
 """Task gradients ``(K, P)`` and losses ``(K,)`` in, one direction ``(P,)`` out: the run's method."""
 
+Share = Callable[[Sequence[Tensor]], list[Tensor]]
+"""Gradients in, the same gradients averaged over the processes of a distributed run out (the
+gradients themselves with one process): ``mtl.engine.distributed.GradientSync.average``."""
+
 VANISHING = 1e-12
 """Added to a gradient norm before dividing by it, so a zero gradient gives a zero perturbation."""
 
@@ -52,11 +56,13 @@ class TaskPerturbation(ABC):
         shared: Sequence[Tensor],
         heads: Sequence[Sequence[Tensor]],
         aggregate: Aggregate,
+        share: Share = list,
     ) -> tuple[Tensor, list[list[Tensor]]]:
         """The shared update ``(P,)`` (flattened in the order of ``shared``) and each head's
         gradients, from the task ``losses (K,)`` at ``w`` (with their graph) and
         ``perturbed_losses()``, the losses recomputed at the current weights; ``heads[k]`` are
-        task ``k``'s own parameters. The weights are left as they were; ``.grad`` is not touched."""
+        task ``k``'s own parameters. Every task gradient computed here passes through ``share``
+        before it is used. The weights are left as they were; ``.grad`` is not touched."""
 
 
 Sharpness = WeightPerturbation | TaskPerturbation

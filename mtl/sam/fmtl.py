@@ -37,7 +37,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from mtl.sam.base import Aggregate, Closure, TaskPerturbation, ascent, copy_into
+from mtl.sam.base import Aggregate, Closure, Share, TaskPerturbation, ascent, copy_into
 
 NORMS = ("separate", "joint")
 COMBINES = ("sum", "direct")
@@ -68,14 +68,17 @@ class FlatMTL(TaskPerturbation):
         shared: Sequence[Tensor],
         heads: Sequence[Sequence[Tensor]],
         aggregate: Aggregate,
+        share: Share = list,
     ) -> tuple[Tensor, list[list[Tensor]]]:
         if len(heads) != len(losses):
             raise ValueError(f"F-MTL got {len(losses)} task losses but {len(heads)} heads")
         clean = [task_gradients(loss, shared, head, retain_graph=index < len(losses) - 1) for index, (loss, head) in enumerate(zip(losses, heads))]
+        clean = shared_task_gradients(clean, share)
         perturbed = [
             self._perturbed_gradients(task, perturbed_losses, shared, head, shared_gradients, head_gradients)
             for task, (head, (shared_gradients, head_gradients)) in enumerate(zip(heads, clean))
         ]
+        perturbed = shared_task_gradients(perturbed, share)
         clean_jacobian = torch.stack([flatten(shared_gradients) for shared_gradients, _ in clean])
         perturbed_jacobian = torch.stack([flatten(shared_gradients) for shared_gradients, _ in perturbed])
         direction = self._direction(clean_jacobian, perturbed_jacobian, losses.detach(), aggregate)
@@ -124,6 +127,12 @@ def task_gradients(loss: Tensor, shared: Sequence[Tensor], head: Sequence[Tensor
     gradients = torch.autograd.grad(loss, parameters, retain_graph=retain_graph, allow_unused=True)
     filled = [torch.zeros_like(parameter) if gradient is None else gradient for parameter, gradient in zip(parameters, gradients)]
     return filled[: len(shared)], filled[len(shared) :]
+
+
+def shared_task_gradients(gradients: list[tuple[list[Tensor], list[Tensor]]], share: Share) -> list[tuple[list[Tensor], list[Tensor]]]:
+    """Every task's ``(shared, head)`` gradients passed through ``share`` together (one all-reduce)."""
+    shared = iter(share([tensor for shared_part, head_part in gradients for tensor in (*shared_part, *head_part)]))
+    return [([next(shared) for _ in shared_part], [next(shared) for _ in head_part]) for shared_part, head_part in gradients]
 
 
 def flatten(tensors: Sequence[Tensor]) -> Tensor:

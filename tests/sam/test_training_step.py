@@ -114,7 +114,7 @@ def test_the_logged_training_loss_is_the_clean_loss(sam):
     trainer = one_training_step(make_module(LinearScalarization(2), sam), data)
     predictions = make_model().train()(data["input"])
     clean = torch.stack([task.loss(predictions[task.name], data[task.name]) for task in TASKS]).mean()
-    assert float(trainer.callback_metrics["train/mean/loss_epoch"]) == pytest.approx(clean.item(), rel=1e-6)
+    assert float(trainer.callback_metrics["train/mean/loss"]) == pytest.approx(clean.item(), rel=1e-6)
 
 
 def test_fmtl_refuses_a_method_that_needs_independent_samples():

@@ -1,0 +1,162 @@
+"""Exact gradient aggregation across processes: two gloo processes on half batches take the
+same steps as one process on the whole batch (``distributed.sync=exact``), and ``local`` does not."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.multiprocessing as mp
+from pytorch_lightning.plugins.environments import LightningEnvironment
+from pytorch_lightning.strategies import DDPStrategy, FSDPStrategy
+
+from mtl.build import build_datamodule_and_module
+from mtl.engine.distributed import GradientSync
+from mtl.engine.jacobian_modes import JacobianEngine
+from mtl.engine.module import check_strategy
+from mtl.methods.linear import LinearScalarization
+from mtl.methods.mgda import MGDA
+from mtl.train import train
+from tests.conftest import TINY, compose_config
+from tests.test_train import run_cli
+
+STEPS = 3
+GLOBAL_BATCH = 64
+PROCESSES = 2
+
+CASES = {
+    "ew": ["method=ew"],
+    "uw": ["method=uw"],
+    "stch": ["method=stch"],
+    "gradnorm": ["method=gradnorm"],
+    "famo": ["method=famo"],
+    "mgda": ["method=mgda"],
+    "pcgrad": ["method=pcgrad"],
+    "cagrad": ["method=cagrad"],
+    "nash_mtl": ["method=nash_mtl"],
+    "upgrad": ["method=upgrad"],
+    "fmtl_mgda": ["method=mgda", "sam=fmtl", "sam.rho=0.05"],
+    "sam_pcgrad": ["method=pcgrad", "sam=sam"],
+    "mgda_local": ["method=mgda", "distributed.sync=local"],
+}
+"""Runs compared between two processes and one; SGD so that tiny float differences stay tiny.
+STCH weights the losses nonlinearly, GradNorm needs gradient norms and FAMO the losses after the
+step: each sees the global values only if they are shared."""
+
+
+def train_steps(overrides: list[str], root: Path, name: str, devices: int) -> dict[str, torch.Tensor]:
+    """The model's parameters after ``STEPS`` steps of the tiny default experiment on ``devices``
+    CPU processes, each holding ``GLOBAL_BATCH / devices`` samples of every global batch."""
+    cfg = compose_config([*TINY, "optimizer=sgd", f"data.batch_size={GLOBAL_BATCH // devices}", *overrides], root / f"{name}-{devices}")
+    pl.seed_everything(cfg.seed)
+    datamodule, module = build_datamodule_and_module(cfg)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=devices,
+        strategy="ddp" if devices > 1 else "auto",
+        max_steps=STEPS,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, datamodule=datamodule)
+    return {name: parameter.detach().clone() for name, parameter in module.model.named_parameters()}
+
+
+def process(rank: int, port: int, root: Path, cases: dict[str, list[str]]) -> None:
+    """One of the ``PROCESSES`` processes, launched as torchrun would: Lightning finds the rank in
+    the environment. Rank 0 saves each case's parameters."""
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(PROCESSES), NODE_RANK="0", RANK=str(rank), LOCAL_RANK=str(rank))
+    for name, overrides in cases.items():
+        parameters = train_steps(overrides, root, name, PROCESSES)
+        if rank == 0:
+            torch.save(parameters, root / f"{name}.pt")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """``{case: (parameters on two processes, parameters on one)}``."""
+    root = tmp_path_factory.mktemp("distributed")
+    single = {name: train_steps(overrides, root, name, 1) for name, overrides in CASES.items()}
+    mp.spawn(process, args=(free_port(), root, CASES), nprocs=PROCESSES, join=True)
+    return {name: (torch.load(root / f"{name}.pt"), single[name]) for name in CASES}
+
+
+def largest_difference(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> float:
+    assert first.keys() == second.keys()
+    return max((first[name] - second[name]).abs().max().item() for name in first)
+
+
+@pytest.mark.parametrize("case", [name for name in CASES if not name.endswith("_local")])
+def test_exact_sync_on_two_processes_takes_the_single_process_steps(runs, case):
+    distributed, single = runs[case]
+    assert largest_difference(distributed, single) < 1e-6
+
+
+def test_local_sync_differs_from_the_single_process_mgda(runs):
+    distributed, single = runs["mgda_local"]
+    exact, _ = runs["mgda"]
+    # Averaging two half-batch MGDA directions is not MGDA of the whole batch.
+    assert largest_difference(distributed, single) > 100 * max(largest_difference(exact, single), 1e-7)
+
+
+def test_one_process_averages_nothing():
+    tensor = torch.arange(4.0)
+    sync = GradientSync()
+    assert not sync.active
+    assert sync.average([tensor], weight=3)[0] is tensor
+    assert sync.global_values(tensor, weight=3) is tensor
+
+
+def test_an_unknown_sync_names_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown distributed.sync 'global'; valid choices: \['exact', 'local'\]"):
+        GradientSync("global")
+
+
+def key_tree(value):
+    """The nested keys of a results.json, values left out."""
+    return {key: key_tree(item) for key, item in value.items()} if isinstance(value, dict) else None
+
+
+def test_mtl_train_on_two_cpu_processes_matches_the_single_process_run(tmp_path):
+    # TINY's batch of 64 on one process; 32 per process on two: the same global batches.
+    single = train(compose_config([*TINY, "method=mgda"], tmp_path / "single"))
+    run_dir = tmp_path / "ddp"
+    overrides = [*TINY, "method=mgda", "trainer=ddp_cpu", "trainer.devices=2", "data.batch_size=32", f"hydra.run.dir={run_dir}"]
+    finished = run_cli("mtl.train", overrides, tmp_path)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    distributed = json.loads((run_dir / "results.json").read_text())
+    assert key_tree(distributed) == key_tree(single)
+    for task, metrics in single["test"].items():
+        assert distributed["test"][task] == pytest.approx(metrics, abs=1e-4)
+    assert distributed["global_step"] == single["global_step"]
+
+
+def test_a_strategy_that_cannot_run_an_aggregator_is_refused_with_what_works():
+    with pytest.raises(ValueError, match=r"MGDA writes the gradients itself, which strategy FSDPStrategy does not support; use a single device or trainer=ddp"):
+        check_strategy(FSDPStrategy(), MGDA(2), None, JacobianEngine(), GradientSync())
+    check_strategy(FSDPStrategy(), LinearScalarization(2), None, JacobianEngine(), GradientSync())  # a loss weighting is fine
+
+
+def test_rep_mode_cannot_be_exact_on_several_processes():
+    environment = LightningEnvironment()
+    environment.set_world_size(2)
+    two_processes = DDPStrategy(cluster_environment=environment)
+    with pytest.raises(ValueError, match=r"jacobian.mode=rep .* cannot be exact on 2 processes; use distributed.sync=local"):
+        check_strategy(two_processes, MGDA(2), None, JacobianEngine("rep"), GradientSync())
+    check_strategy(two_processes, MGDA(2), None, JacobianEngine("rep"), GradientSync("local"))
