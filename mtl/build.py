@@ -35,6 +35,8 @@ def build_datamodule_and_module(cfg: DictConfig) -> tuple[MultiTaskDataModule, M
         config=OmegaConf.to_container(cfg, resolve=True),
         jacobian=jacobian,
         sync=sync,
+        gradient_clip_val=cfg.get("gradient_clip_val"),
+        gradient_clip_algorithm=cfg.get("gradient_clip_algorithm", "norm"),
     )
     return datamodule, module
 

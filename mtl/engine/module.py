@@ -55,6 +55,7 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
 STAGES = ("train", "val", "test")
+CLIP_ALGORITHMS = ("norm", "value")
 
 # The epoch values this module logs come from torchmetrics, already synchronized across processes;
 # Lightning cannot tell and recommends sync_dist=True for them (see MultiTaskModule._log_metrics).
@@ -67,7 +68,10 @@ class MultiTaskModule(pl.LightningModule):
     """Trains ``model`` on ``tasks`` with ``method``; logs ``{stage}/{task}/{metric}`` and ``{stage}/mean/{metric}``.
 
     ``optimizer`` and ``scheduler`` are factories (Hydra partials) taking the parameters and the
-    optimizer; the scheduler is stepped once per epoch. ``config`` is the run's resolved
+    optimizer; the scheduler is stepped once per epoch. ``gradient_clip_val`` clips the final
+    update (after aggregation and any sharpness-aware step) before the optimizer step, by its norm
+    over all parameters or by value (``gradient_clip_algorithm``); Lightning's own clipping is
+    unavailable under manual optimization. ``config`` is the run's resolved
     configuration: it is sent to the loggers and stored in every checkpoint, so ``mtl-eval`` can
     rebuild the run from a checkpoint alone.
     """
@@ -84,6 +88,8 @@ class MultiTaskModule(pl.LightningModule):
         config: Mapping[str, Any] | None = None,
         jacobian: JacobianEngine | None = None,
         sync: GradientSync | None = None,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str = "norm",
     ) -> None:
         super().__init__()
         if not isinstance(method, (LossWeighting, GradientAggregator)):
@@ -97,6 +103,12 @@ class MultiTaskModule(pl.LightningModule):
             )
         self.jacobian = jacobian or JacobianEngine()
         self.sync = sync or GradientSync()
+        if gradient_clip_val is not None and gradient_clip_val <= 0:
+            raise ValueError(f"gradient_clip_val must be positive or null, got {gradient_clip_val}")
+        if gradient_clip_algorithm not in CLIP_ALGORITHMS:
+            raise ValueError(f"unknown gradient_clip_algorithm '{gradient_clip_algorithm}'; valid choices: {list(CLIP_ALGORITHMS)}")
+        self.gradient_clip_val = gradient_clip_val
+        self.gradient_clip_algorithm = gradient_clip_algorithm
         if isinstance(method, GradientAggregator):
             self.jacobian.check(model, method)
         check_sharpness(sam, model, method)
@@ -136,6 +148,8 @@ class MultiTaskModule(pl.LightningModule):
             losses = self._write_gradients(batch)
         else:
             losses = self._write_sharpness_aware_gradients(batch, optimizer.param_groups[0]["lr"])
+        if self.gradient_clip_val is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm=self.gradient_clip_algorithm)
         optimizer.step()
         if "losses_after_step" in self.method.requires:
             with torch.no_grad():

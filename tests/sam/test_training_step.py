@@ -125,3 +125,22 @@ def test_fmtl_refuses_a_method_that_needs_independent_samples():
 def test_a_sam_of_neither_kind_is_refused():
     with pytest.raises(TypeError, match="sam=Identity is neither a mtl.sam.WeightPerturbation nor a mtl.sam.TaskPerturbation"):
         make_module(LinearScalarization(2), nn.Identity())
+
+
+@pytest.mark.parametrize("sam", [None, FlatMTL(rho=0.5)], ids=["plain", "fmtl"])
+def test_clipping_scales_the_final_update_to_the_clip_norm(sam):
+    data = batch()
+    free = make_module(MGDA(2), sam)
+    clipped = MultiTaskModule(make_model(), TASKS, MGDA(2), optimizer=functools.partial(torch.optim.SGD, lr=LR), sam=sam, gradient_clip_val=1e-3)
+    before = [parameter.detach().clone() for parameter in free.parameters()]
+    one_training_step(free, data)
+    one_training_step(clipped, data)
+    free_update = torch.cat([(parameter.detach() - start).flatten() for parameter, start in zip(free.parameters(), before)])
+    clipped_update = torch.cat([(parameter.detach() - start).flatten() for parameter, start in zip(clipped.parameters(), before)])
+    assert free_update.norm() > 1e-2 * LR  # the clip below binds
+    assert torch.allclose(clipped_update, free_update * (1e-3 * LR / free_update.norm()), atol=1e-7)
+
+
+def test_an_unknown_clip_algorithm_names_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown gradient_clip_algorithm 'l1'; valid choices: \['norm', 'value'\]"):
+        MultiTaskModule(make_model(), TASKS, MGDA(2), optimizer=functools.partial(torch.optim.SGD, lr=LR), gradient_clip_algorithm="l1")
