@@ -19,10 +19,12 @@ def build_datamodule_and_module(cfg: DictConfig) -> tuple[MultiTaskDataModule, M
     datamodule: MultiTaskDataModule = instantiate(cfg.data)
     tasks = datamodule.tasks
     model = instantiate(cfg.model, tasks=tasks, input_shape=datamodule.input_shape)
-    method = instantiate(cfg.method, num_tasks=len(tasks), **task_index_of(cfg.method, tasks))
+    jacobian = instantiate(cfg.jacobian) if cfg.get("jacobian") else None
+    # a gradient aggregator sees one row per group of tasks when jacobian.groups is set
+    rows = jacobian.bind([task.name for task in tasks]) if jacobian is not None else len(tasks)
+    method = instantiate(cfg.method, num_tasks=rows, **task_index_of(cfg.method, tasks))
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     sam = instantiate(cfg.sam) if cfg.get("sam") else None
-    jacobian = instantiate(cfg.jacobian) if cfg.get("jacobian") else None
     sync = instantiate(cfg.distributed) if cfg.get("distributed") else None
     module = MultiTaskModule(
         model=model,

@@ -33,6 +33,10 @@ shared parameter (true of hard parameter sharing). A model without ``encode``/``
 general path: the ``K`` rows are vector-Jacobian products of the losses through the whole graph,
 looped or batched in the same way. ``rep`` needs a representation and one sample per step.
 
+With ``groups`` (``mtl.engine.task_groups``) the cotangents of each group of tasks are averaged
+before the encoder part, so the engine runs one pass per group and the aggregator sees one row per
+group.
+
 The Jacobian is written into a ``(N, K, P)`` buffer on the parameters' device, allocated once and
 reused by every step (``N`` independent samples for double-sampling methods): aggregators must not
 keep a reference to it across steps. ``torch.autograd.grad`` fires no gradient hooks (DDP's
@@ -51,6 +55,7 @@ from torch import Tensor, nn
 
 from mtl.engine.distributed import GradientSync
 from mtl.engine.jacobian import set_gradient
+from mtl.engine.task_groups import TaskGroups
 from mtl.methods.base import GradientAggregator
 from mtl.methods.task_state import TaskStateAggregator
 
@@ -70,17 +75,24 @@ class JacobianEngine:
     the aggregated direction into the shared parameters' ``.grad``.
 
     ``mode`` is one of ``MODES``; ``chunk`` bounds the number of tasks per batched call (``None``:
-    all tasks at once).
+    all tasks at once). ``groups`` and ``regroup_every`` group the tasks (``mtl.engine.task_groups``):
+    the aggregator then sees one row per group.
     """
 
-    def __init__(self, mode: str = "auto", chunk: int | None = None) -> None:
+    def __init__(self, mode: str = "auto", chunk: int | None = None, groups: int | Sequence[Sequence[str]] | None = None, regroup_every: int = 100) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown jacobian mode '{mode}'; valid modes: {list(MODES)}")
         if chunk is not None and chunk < 1:
             raise ValueError(f"jacobian chunk must be a positive number of tasks or null, got {chunk}")
         self.mode = mode
         self.chunk = chunk
+        self.groups = TaskGroups(groups, regroup_every)
         self._buffers: dict[str, Tensor] = {}
+
+    def bind(self, task_names: Sequence[str]) -> int:
+        """Resolve ``jacobian.groups`` for these tasks; returns how many rows the aggregator sees
+        (its ``num_tasks``)."""
+        return self.groups.bind(task_names)
 
     def check(self, model: nn.Module, method: GradientAggregator) -> None:
         """Refuse at start-up the combinations the engine cannot run."""
@@ -131,37 +143,46 @@ class JacobianEngine:
         sync = sync or GradientSync()
         if self.mode == "rep" and sync.exact and sync.active:
             raise ValueError("jacobian.mode=rep aggregates gradients of this process's representation; with several processes use distributed.sync=local or an exact jacobian mode")
-        samples, tasks = losses.shape
+        if self.groups.due():
+            (jacobian,) = sync.average([self.jacobians(losses, representations, shared).mean(dim=0)], batch_size)
+            self.groups.regroup(jacobian)
+        averaging = None if self.groups.trivial else self.groups.matrix(losses)
+        group_losses = grouped(losses, averaging)
+        samples, rows_per_sample = group_losses.shape
         width, head_width = numel(shared), numel(heads)
         if sync.exact and self.mode != "rep":
-            flat = self._buffer("exact", (samples * tasks * width + head_width + samples * tasks + 1,), shared[0])
-            rows, head_gradients, task_losses, weight = flat.split([samples * tasks * width, head_width, samples * tasks, 1])
-            jacobians = rows.view(samples, tasks, width)
-            self._fill_jacobians(jacobians, losses, representations, shared)
-            task_losses.copy_(losses.detach().flatten())
+            flat = self._buffer("exact", (samples * rows_per_sample * (width + 1) + head_width + 1,), shared[0])
+            rows, head_gradients, row_losses, weight = flat.split([samples * rows_per_sample * width, head_width, samples * rows_per_sample, 1])
+            jacobians = rows.view(samples, rows_per_sample, width)
+            self._fill_jacobians(jacobians, losses, representations, shared, averaging)
+            row_losses.copy_(group_losses.detach().flatten())
             self._fill_head_gradients(head_gradients, losses, heads)
             weight.fill_(batch_size)
             sync.average_(flat)
-            task_losses = task_losses.view(samples, tasks)
-            direction = method(jacobians[0], task_losses[0]) if samples == 1 else method(jacobians, task_losses)
+            row_losses = row_losses.view(samples, rows_per_sample)
+            direction = method(jacobians[0], row_losses[0]) if samples == 1 else method(jacobians, row_losses)
         else:
             flat = self._buffer("local", (width + head_width + 1,), shared[0])
             direction, head_gradients, weight = flat.split([width, head_width, 1])
-            direction.copy_(self._direction(method, losses, representations, shared))
+            direction.copy_(self._direction(method, losses, representations, shared, averaging))
             self._fill_head_gradients(head_gradients, losses, heads)
             weight.fill_(batch_size)
             sync.average_(flat)
         set_gradient(shared, direction)
         set_gradient(heads, head_gradients)
 
-    def _direction(self, method: GradientAggregator, losses: Tensor, representations: Sequence[Tensor | None], shared: Sequence[nn.Parameter]) -> Tensor:
-        """This process's direction ``(P,)`` from its own task gradients."""
+    def _direction(
+        self, method: GradientAggregator, losses: Tensor, representations: Sequence[Tensor | None], shared: Sequence[nn.Parameter], averaging: Tensor | None
+    ) -> Tensor:
+        """This process's direction ``(P,)`` from its own task gradients, grouped by ``averaging``."""
         if self.mode == "rep":
-            return self._representation_direction(method, losses[0], representations[0], shared)
-        jacobians = self.jacobians(losses, representations, shared)
+            return self._representation_direction(method, losses[0], representations[0], shared, averaging)
+        group_losses = grouped(losses, averaging).detach()
+        jacobians = self._buffer("jacobian", (*group_losses.shape, numel(shared)), shared[0])
+        self._fill_jacobians(jacobians, losses, representations, shared, averaging)
         if len(losses) == 1:
-            return method(jacobians[0], losses[0].detach())
-        return method(jacobians, losses.detach())
+            return method(jacobians[0], group_losses[0])
+        return method(jacobians, group_losses)
 
     def _fill_head_gradients(self, rows: Tensor, losses: Tensor, heads: Sequence[nn.Parameter]) -> None:
         """``rows`` = the flat gradient of ``sum(losses) / N`` with respect to the heads."""
@@ -175,9 +196,15 @@ class JacobianEngine:
         self._fill_jacobians(buffer, losses, representations, shared)
         return buffer
 
-    def _fill_jacobians(self, buffer: Tensor, losses: Tensor, representations: Sequence[Tensor | None], shared: Sequence[nn.Parameter]) -> None:
+    def _fill_jacobians(
+        self, buffer: Tensor, losses: Tensor, representations: Sequence[Tensor | None], shared: Sequence[nn.Parameter], averaging: Tensor | None = None
+    ) -> None:
+        """``buffer[n]`` = the Jacobian of sample ``n``, its rows averaged over groups of tasks by
+        ``averaging (C, K)`` when given (``C`` backward passes through the encoder instead of ``K``)."""
         for sample, (sample_losses, representation) in enumerate(zip(losses, representations)):
             outputs, cotangents = self._cotangents(sample_losses, representation, sample)
+            if averaging is not None:
+                cotangents = torch.tensordot(averaging, cotangents, dims=1)
             self._fill(buffer[sample], outputs, cotangents, shared)
 
     def representation_gradients(self, losses: Tensor, representation: Tensor, sample: int = 0) -> Tensor:
@@ -247,10 +274,15 @@ class JacobianEngine:
         log.info("jacobian.mode=auto chose %s (%s)", choice, ", ".join(f"{mode} {seconds * 1e3:.2f} ms" for mode, seconds in timings.items()))
         return choice
 
-    def _representation_direction(self, method: GradientAggregator, losses: Tensor, representation: Tensor, shared: Sequence[nn.Parameter]) -> Tensor:
-        """MGDA-UB: aggregate ``Z (K, B·D)``, backpropagate the direction through the encoder once; flat ``(P,)``."""
-        rows = self.representation_gradients(losses, representation)
-        direction = method(rows.flatten(start_dim=1), losses.detach())
+    def _representation_direction(
+        self, method: GradientAggregator, losses: Tensor, representation: Tensor, shared: Sequence[nn.Parameter], averaging: Tensor | None
+    ) -> Tensor:
+        """MGDA-UB: aggregate ``Z (K, B·D)`` (grouped by ``averaging``), backpropagate the direction
+        through the encoder once; flat ``(P,)``."""
+        rows = self.representation_gradients(losses, representation).flatten(start_dim=1)
+        if averaging is not None:
+            rows = averaging @ rows
+        direction = method(rows, grouped(losses, averaging).detach())
         gradients = torch.autograd.grad(representation, shared, grad_outputs=direction.view_as(representation), retain_graph=True, allow_unused=True)
         flat = self._buffer("direction", (numel(shared),), shared[0])
         scatter(gradients, shared, flat)
@@ -268,6 +300,11 @@ class JacobianEngine:
         if buffer is None or buffer.shape != shape or buffer.dtype != like.dtype or buffer.device != like.device:
             buffer = self._buffers[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
         return buffer
+
+
+def grouped(losses: Tensor, averaging: Tensor | None) -> Tensor:
+    """The group losses ``(..., C)`` of task ``losses (..., K)`` (the losses themselves without groups)."""
+    return losses if averaging is None else losses @ averaging.T
 
 
 def numel(parameters: Sequence[nn.Parameter]) -> int:

@@ -102,6 +102,7 @@ class MultiTaskModule(pl.LightningModule):
                 f"{type(model).__name__} has no shared_parameters(); use a loss weighting or a MultiTaskModel"
             )
         self.jacobian = jacobian or JacobianEngine()
+        check_task_groups(self.jacobian, [task.name for task in tasks], method, sam)
         self.sync = sync or GradientSync()
         if gradient_clip_val is not None and gradient_clip_val <= 0:
             raise ValueError(f"gradient_clip_val must be positive or null, got {gradient_clip_val}")
@@ -128,6 +129,13 @@ class MultiTaskModule(pl.LightningModule):
         self.train_losses, self.val_losses, self.test_losses = (
             nn.ModuleDict({task.name: MeanMetric() for task in self.tasks}) for _ in STAGES
         )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["task_groups"] = self.jacobian.groups.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "task_groups" in checkpoint:
+            self.jacobian.groups.load_state_dict(checkpoint["task_groups"])
 
     def setup(self, stage: str) -> None:
         check_strategy(self.trainer.strategy, self.method, self.sam, self.jacobian, self.sync)
@@ -382,6 +390,20 @@ def check_sharpness(sam: Sharpness | None, model: nn.Module, method: Method) -> 
     samples = getattr(method, "independent_samples", 1)
     if samples > 1:
         raise ValueError(f"{type(sam).__name__} takes one Jacobian per step, but {type(method).__name__} asks for {samples} independent samples; use sam=sam, asam or gsam")
+
+
+def check_task_groups(jacobian: JacobianEngine, task_names: Sequence[str], method: Method, sam: Sharpness | None) -> None:
+    """Resolve ``jacobian.groups`` and refuse what it cannot apply to: loss weightings (which
+    build no Jacobian), F-MTL (which perturbs per task), and a method built for another number of rows."""
+    rows = jacobian.bind(task_names)
+    if jacobian.groups.spec is None:
+        return
+    if not isinstance(method, GradientAggregator):
+        raise ValueError(f"jacobian.groups groups the rows of the task Jacobian, which the loss weighting {type(method).__name__} never builds; use a gradient aggregator or jacobian.groups=null")
+    if isinstance(sam, TaskPerturbation):
+        raise ValueError(f"jacobian.groups cannot be used with sam={type(sam).__name__}, which perturbs the weights task by task; use sam=sam, asam, gsam or none")
+    if method.num_tasks != rows:
+        raise ValueError(f"{type(method).__name__} was built for {method.num_tasks} tasks, but jacobian.groups gives it {rows} rows; build it with num_tasks={rows}")
 
 
 def check_strategy(strategy: Strategy, method: Method, sam: Sharpness | None, jacobian: JacobianEngine, sync: GradientSync) -> None:
