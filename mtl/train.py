@@ -15,10 +15,11 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mtl.build import build_datamodule_and_module, build_trainer
 from mtl.console import print_config_tree, print_results_table
+from mtl.metrics.delta_m import check_baselines, delta_m
 from mtl.run_files import git_state, nest_metrics, write_json, write_run_files
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     datamodule, module = build_datamodule_and_module(cfg)
+    higher_is_better = {task.name: task.higher_is_better() for task in datamodule.tasks}
+    baselines = OmegaConf.to_container(cfg.baselines) if cfg.get("baselines") else None
+    if baselines is not None:
+        check_baselines(baselines, higher_is_better)
     trainer = build_trainer(cfg)
     if trainer.is_global_zero:
         write_run_files(output_dir, cfg)
@@ -53,13 +58,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "epochs": trainer.current_epoch,
         "fit_seconds": fit_seconds,
         "global_step": trainer.global_step,
-        "higher_is_better": {task.name: task.higher_is_better() for task in datamodule.tasks},
+        "higher_is_better": higher_is_better,
         "seed": cfg.seed,
         "method": cfg.method.get("_target_"),
         # the task a single-task run (method=stl) trained: mtl-report's measured Δm% baseline
         "single_task": cfg.method.get("task"),
         "git": git_state(),
     }
+    if baselines is not None:
+        results["delta_m"] = {stage: delta_m(results[stage], baselines, higher_is_better) for stage in ("validation", "test")}
     if trainer.is_global_zero:
         write_json(output_dir / "results.json", results)
         print_results_table("test metrics", results["test"])
@@ -68,11 +75,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def metric_value(results: dict[str, Any], name: str | None) -> float | None:
-    """The value of ``name`` ("test/left/accuracy" style) in ``results``, for Hydra sweepers."""
+    """The value of ``name`` in ``results``, for Hydra sweepers: ``val/left/accuracy`` style, or
+    ``val/delta_m`` / ``test/delta_m`` (which need ``baselines``)."""
     if not name:
         return None
-    stage, task, metric = name.split("/")
-    return results[{"val": "validation"}.get(stage, stage)][task][metric]
+    stage, *path = name.split("/")
+    stage = {"val": "validation"}.get(stage, stage)
+    if path == ["delta_m"]:
+        if "delta_m" not in results:
+            raise ValueError(f"optimized_metric={name} needs the single-task baselines in the config: baselines={{task: {{metric: value}}}}")
+        return results["delta_m"][stage]
+    task, metric = path
+    return results[stage][task][metric]
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")

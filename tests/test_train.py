@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtl.train import train
+from mtl.train import metric_value, train
 from tests.conftest import TINY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,3 +107,18 @@ def test_every_method_trains_the_default_experiment(method, tiny_config):
     assert results["global_step"] == 3
     assert results["single_task"] == ("right" if method == "stl" else None)
     assert all(torch.isfinite(torch.tensor(values["loss"])) for values in results["test"].values())
+
+
+def test_baselines_give_delta_m_in_the_results_and_to_the_sweeper(tiny_config):
+    results = train(tiny_config(["+trainer.limit_train_batches=2", "baselines={left: {accuracy: 0.5}, right: {accuracy: 0.8}}"]))
+    test = results["test"]
+    expected = -100 * ((test["left"]["accuracy"] - 0.5) / 0.5 + (test["right"]["accuracy"] - 0.8) / 0.8) / 2
+    assert results["delta_m"]["test"] == pytest.approx(expected)
+    assert metric_value(results, "val/delta_m") == results["delta_m"]["validation"]
+    with pytest.raises(ValueError, match="optimized_metric=val/delta_m needs the single-task baselines"):
+        metric_value({"validation": {}}, "val/delta_m")
+
+
+def test_baselines_missing_a_metric_are_refused_before_training(tiny_config):
+    with pytest.raises(ValueError, match=r"the baselines lack \['right/accuracy'\]"):
+        train(tiny_config(["baselines={left: {accuracy: 0.5}, right: {loss: 1.0}}"]))

@@ -31,6 +31,13 @@ def delta_m(scores: Scores, baselines: Scores, higher_is_better: Mapping[str, Ma
     return 100.0 * sum(changes) / len(changes)
 
 
+def check_baselines(baselines: Scores, higher_is_better: Mapping[str, Mapping[str, bool]]) -> None:
+    """Refuse, before any training, baselines that lack a (task, metric) pair Δm% needs."""
+    missing = [f"{task}/{metric}" for task, directions in higher_is_better.items() for metric in directions if metric not in baselines.get(task, {})]
+    if missing:
+        raise ValueError(f"the baselines lack {missing}; they have {({task: sorted(values) for task, values in baselines.items()})}")
+
+
 def _lookup(scores: Scores, task: str, metric: str, what: str) -> float:
     try:
         return float(scores[task][metric])
