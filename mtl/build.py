@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mtl.data.base import MultiTaskDataModule
 from mtl.engine.module import MultiTaskModule
 from mtl.tasks import Task
+
+
+def sweep_name() -> str | None:
+    """The name of the multirun a run belongs to (its sweep directory's name), None for a single
+    run: ``${mtl.sweep_name:}`` in configs, e.g. W&B's ``group``, which puts a sweep's runs together."""
+    hydra = HydraConfig.get()
+    return Path(hydra.sweep.dir).name if hydra.mode == RunMode.MULTIRUN else None
+
+
+OmegaConf.register_new_resolver("mtl.sweep_name", sweep_name, replace=True)
 
 
 def build_datamodule_and_module(cfg: DictConfig) -> tuple[MultiTaskDataModule, MultiTaskModule]:

@@ -5,6 +5,8 @@ import json
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, UniformDistribution
@@ -58,3 +60,13 @@ def test_the_slurm_launcher_composes_with_the_ddp_trainer():
     cfg = hydra_config(["hydra/launcher=submitit_slurm", "hydra.launcher.nodes=2", "hydra.launcher.tasks_per_node=4", "trainer=ddp", "trainer.num_nodes=2"])
     assert cfg.hydra.launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert cfg.hydra.launcher.nodes == 2 and cfg.trainer.strategy == "ddp" and cfg.trainer.num_nodes == 2
+
+
+def test_the_runs_of_a_multirun_share_a_wandb_group_named_after_the_sweep(tmp_path):
+    cfg = hydra_config(["logger=wandb", f"hydra.sweep.dir={tmp_path / 'methods_study'}"])
+    HydraConfig.instance().set_config(cfg)
+    assert cfg.logger.wandb.group is None  # a single run
+    OmegaConf.set_readonly(cfg.hydra, False)
+    cfg.hydra.mode = RunMode.MULTIRUN
+    HydraConfig.instance().set_config(cfg)
+    assert cfg.logger.wandb.group == "methods_study"
