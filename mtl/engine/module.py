@@ -48,7 +48,7 @@ from mtl.engine.distributed import GradientSync
 from mtl.engine.jacobian import set_gradient, task_jacobian
 from mtl.engine.jacobian_modes import JacobianEngine
 from mtl.methods.base import GradientAggregator, LossWeighting, Method
-from mtl.sam.base import Aggregate, Sharpness, TaskPerturbation, WeightPerturbation
+from mtl.sam.base import Aggregate, Sharpness, TaskLosses, TaskPerturbation, WeightPerturbation
 from mtl.tasks import INPUT_KEY, Task, stack_losses
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -201,7 +201,8 @@ class MultiTaskModule(pl.LightningModule):
         return self._write_gradients(batch)
 
     def _write_flat_gradients(self, batch: Mapping[str, Tensor]) -> Tensor:
-        """F-MTL: the clean pass here, the per-task perturbed passes in ``self.sam``; the shared
+        """F-MTL: the clean pass here, the per-task perturbed passes in ``self.sam`` (which evaluates
+        the model functionally, at copies of its weights and buffers, unrecorded); the shared
         parameters take its direction and each head its own perturbed gradient (times the task's
         weight under a loss weighting, as in the plain step).
 
@@ -215,13 +216,11 @@ class MultiTaskModule(pl.LightningModule):
         heads = [trained(self.model.task_parameters(task.name)) for task in self.tasks]
         aggregate, head_weights = self._task_combination(global_losses, batch)
 
-        def perturbed_losses() -> Tensor:
-            return self._unrecorded(lambda: self._train_losses(batch))
-
         def share(gradients: Sequence[Tensor]) -> list[Tensor]:
             return self.sync.average(gradients, size) if self.sync.exact else list(gradients)
 
-        direction, head_gradients = self.sam.step(global_losses, perturbed_losses, shared, heads, aggregate, share)
+        task_losses = TaskLosses(self.model, model_input(batch), lambda predictions: stack_losses(self.tasks, predictions, batch))
+        direction, head_gradients = self.sam.step(global_losses, task_losses, shared, heads, aggregate, share)
         set_gradient(shared, direction)
         for weight, head, gradients in zip(head_weights, heads, head_gradients):
             for parameter, gradient in zip(head, gradients):

@@ -3,9 +3,9 @@
 ``conf/sam/<name>.yaml`` names the class; ``sam=none`` (the default) trains without perturbation.
 """
 
-from mtl.sam.base import Sharpness, TaskPerturbation, WeightPerturbation
+from mtl.sam.base import Sharpness, TaskLosses, TaskPerturbation, WeightPerturbation
 from mtl.sam.fmtl import FlatMTL
 from mtl.sam.gsam import GSAM
 from mtl.sam.sam import SAM
 
-__all__ = ["GSAM", "SAM", "FlatMTL", "Sharpness", "TaskPerturbation", "WeightPerturbation"]
+__all__ = ["GSAM", "SAM", "FlatMTL", "Sharpness", "TaskLosses", "TaskPerturbation", "WeightPerturbation"]

@@ -6,22 +6,26 @@
   is recomputed there, and the weights are restored, leaving the sharpness-aware gradient in
   ``.grad`` for the base optimizer.
 - ``TaskPerturbation`` (F-MTL) perturbs once per task, along that task's own gradient, and
-  combines the per-task results with the run's aggregation.
+  combines the per-task results with the run's aggregation. It evaluates the model itself, at
+  weights it supplies (``TaskLosses``), so it can evaluate several perturbed models in one call.
 
-Both are pure: parameters, tensors and closures in, no Lightning, no Hydra. What a closure does
-(forward, backward, logging, keeping BatchNorm statistics) is the caller's business.
+Both are pure: parameters, tensors, closures and the model in, no Lightning, no Hydra. What a
+closure does (forward, backward, logging, keeping BatchNorm statistics) is the caller's business.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.func import functional_call
 
 Closure = Callable[[], Tensor]
-"""Computes the task losses ``(K,)`` at the current weights and, for a ``WeightPerturbation``,
+"""A ``WeightPerturbation``'s pass: computes the task losses ``(K,)`` at the current weights and
 writes the step's update into the empty ``.grad`` of the parameters."""
 
 Aggregate = Callable[[Tensor, Tensor], Tensor]
@@ -33,6 +37,24 @@ gradients themselves with one process): ``mtl.engine.distributed.GradientSync.av
 
 VANISHING = 1e-12
 """Added to a gradient norm before dividing by it, so a zero gradient gives a zero perturbation."""
+
+
+@dataclass(frozen=True)
+class TaskLosses:
+    """The task losses ``(K,)`` of one batch as a function of the weights: ``score(model(inputs))``.
+
+    ``score`` maps the model's predictions to the losses and has no side effects (no logging).
+    """
+
+    model: nn.Module
+    inputs: Tensor
+    score: Callable[[Any], Tensor]
+
+    def at(self, tensors: Mapping[str, Tensor]) -> Tensor:
+        """The losses with the model's parameters and buffers named in ``tensors`` replaced by them
+        (``torch.func.functional_call``): the model's own tensors of those names are neither read
+        nor written (in-place buffer updates land in ``tensors``)."""
+        return self.score(functional_call(self.model, dict(tensors), (self.inputs,)))
 
 
 class WeightPerturbation(ABC):
@@ -52,17 +74,18 @@ class TaskPerturbation(ABC):
     def step(
         self,
         losses: Tensor,
-        perturbed_losses: Closure,
+        task_losses: TaskLosses,
         shared: Sequence[Tensor],
         heads: Sequence[Sequence[Tensor]],
         aggregate: Aggregate,
         share: Share = list,
     ) -> tuple[Tensor, list[list[Tensor]]]:
         """The shared update ``(P,)`` (flattened in the order of ``shared``) and each head's
-        gradients, from the task ``losses (K,)`` at ``w`` (with their graph) and
-        ``perturbed_losses()``, the losses recomputed at the current weights; ``heads[k]`` are
-        task ``k``'s own parameters. Every task gradient computed here passes through ``share``
-        before it is used. The weights are left as they were; ``.grad`` is not touched."""
+        gradients, from the task ``losses (K,)`` at ``w`` (with their graph) and ``task_losses``,
+        which recomputes them at other weights; ``shared`` and ``heads[k]`` (task ``k``'s own
+        parameters) are parameters of ``task_losses.model``. Every task gradient computed here
+        passes through ``share`` before it is used. The model's parameters and buffers (BatchNorm
+        statistics) are left as they were; ``.grad`` is not touched."""
 
 
 Sharpness = WeightPerturbation | TaskPerturbation

@@ -27,26 +27,54 @@ normalizes the shared part and the head part each to radius ``rho``, as the rele
 Defaults, from the paper's code: ``rho = 2.0`` and ``adaptive = True`` (MultiMNIST, NYUv2 and
 CelebA scripts; the Cityscapes launch script runs ``rho = 0``, ``adaptive = False``). Cost per
 step: one forward and K backward passes for the clean task gradients, then K perturbed forward and
-K backward passes (1 + K forwards, 2K backwards), and two aggregations; one copy of the weights.
+K backward passes (1 + K forwards, 2K backwards), and two aggregations.
+
+The K perturbed passes are independent. With ``batched`` they run as one call per
+``chunk`` tasks (all K when ``chunk`` is None): the perturbed weights of the tasks are stacked and
+the model is evaluated once under ``torch.func.vmap`` with ``torch.func.functional_call``, then one
+backward pass gives each task's gradient at its own weights. Memory grows with the chunk: per task
+of a chunk, about two copies of the shared parameters and of the chunk's heads (the stacked weights
+and their gradients) and one forward pass's activations; the loop (``batched=False``) holds one
+perturbed copy and one pass at a time (the default: faster on CPU in ``scripts/bench_sam.py``),
+and ``chunk`` bounds the batched call's memory. Both give the
+same update up to float rounding. Each perturbed pass draws its own dropout masks, in the loop as
+in the batched call (``randomness="different"``), though not the same numbers. Buffers are passed
+in as copies and dropped after the pass, so BatchNorm statistics move with the clean pass only. A
+model that cannot be vmapped (an op without a batching rule, data-dependent control flow) switches
+F-MTL to the loop for the rest of the run, with one warning naming the reason.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
+from torch.func import vmap
 
-from mtl.sam.base import Aggregate, Closure, Share, TaskPerturbation, ascent, copy_into
+from mtl.sam.base import Aggregate, Share, TaskLosses, TaskPerturbation, ascent
 
 NORMS = ("separate", "joint")
 COMBINES = ("sum", "direct")
+
+TaskGradients = tuple[list[Tensor], list[Tensor]]
+"""One task's gradients: on the shared parameters, then on its head."""
 
 
 class FlatMTL(TaskPerturbation):
     """F-MTL: per-task SAM on the shared parameters and the task's head; aggregate clean plus flat gradients."""
 
-    def __init__(self, rho: float = 2.0, adaptive: bool = True, eta: float = 0.0, norm: str = "separate", combine: str = "sum") -> None:
+    def __init__(
+        self,
+        rho: float = 2.0,
+        adaptive: bool = True,
+        eta: float = 0.0,
+        norm: str = "separate",
+        combine: str = "sum",
+        batched: bool = False,
+        chunk: int | None = None,
+    ) -> None:
         if rho < 0:
             raise ValueError(f"sam.rho must be non-negative, got {rho}")
         if eta < 0:
@@ -55,16 +83,20 @@ class FlatMTL(TaskPerturbation):
             raise ValueError(f"sam.norm must be one of {NORMS}, got '{norm}'")
         if combine not in COMBINES:
             raise ValueError(f"sam.combine must be one of {COMBINES}, got '{combine}'")
+        if chunk is not None and chunk < 1:
+            raise ValueError(f"sam.chunk must be a positive number of tasks or null, got {chunk}")
         self.rho = rho
         self.adaptive = adaptive
         self.eta = eta
         self.norm = norm
         self.combine = combine
+        self.batched = batched
+        self.chunk = chunk
 
     def step(
         self,
         losses: Tensor,
-        perturbed_losses: Closure,
+        task_losses: TaskLosses,
         shared: Sequence[Tensor],
         heads: Sequence[Sequence[Tensor]],
         aggregate: Aggregate,
@@ -74,34 +106,25 @@ class FlatMTL(TaskPerturbation):
             raise ValueError(f"F-MTL got {len(losses)} task losses but {len(heads)} heads")
         clean = [task_gradients(loss, shared, head, retain_graph=index < len(losses) - 1) for index, (loss, head) in enumerate(zip(losses, heads))]
         clean = shared_task_gradients(clean, share)
-        perturbed = [
-            self._perturbed_gradients(task, perturbed_losses, shared, head, shared_gradients, head_gradients)
-            for task, (head, (shared_gradients, head_gradients)) in enumerate(zip(heads, clean))
-        ]
-        perturbed = shared_task_gradients(perturbed, share)
+        models = PerturbedModels(task_losses, shared, heads, lambda task: self._perturbation(shared, heads[task], *clean[task]))
+        perturbed = shared_task_gradients(self._perturbed_gradients(models), share)
         clean_jacobian = torch.stack([flatten(shared_gradients) for shared_gradients, _ in clean])
         perturbed_jacobian = torch.stack([flatten(shared_gradients) for shared_gradients, _ in perturbed])
         direction = self._direction(clean_jacobian, perturbed_jacobian, losses.detach(), aggregate)
         return direction, [head_gradients for _, head_gradients in perturbed]
 
-    def _perturbed_gradients(
-        self,
-        task: int,
-        perturbed_losses: Closure,
-        shared: Sequence[Tensor],
-        head: Sequence[Tensor],
-        shared_gradients: list[Tensor],
-        head_gradients: list[Tensor],
-    ) -> tuple[list[Tensor], list[Tensor]]:
-        """Gradients of task ``task``'s loss at ``(θ + e, φ + e')``; the weights are restored after."""
-        parameters = [*shared, *head]
-        weights = [parameter.detach().clone() for parameter in parameters]
-        shifts = self._perturbation(shared, head, shared_gradients, head_gradients)
-        copy_into(parameters, [weight + shift for weight, shift in zip(weights, shifts)])
-        try:
-            return task_gradients(perturbed_losses()[task], shared, head, retain_graph=False)
-        finally:
-            copy_into(parameters, weights)
+    def _perturbed_gradients(self, models: PerturbedModels) -> list[TaskGradients]:
+        """Every task's gradients at its perturbed weights, batched while the model allows it."""
+        if self.batched:
+            try:
+                return [gradients for tasks in chunks(models.count, self.chunk) for gradients in models.batched(tasks)]
+            except torch.OutOfMemoryError:
+                raise
+            except RuntimeError as error:
+                reason = str(error).splitlines()[0]
+                warnings.warn(f"sam.batched=true is not possible for this model ({reason}); using sam.batched=false", RuntimeWarning, stacklevel=2)
+                self.batched = False
+        return [models.looped(task) for task in range(models.count)]
 
     def _perturbation(self, shared: Sequence[Tensor], head: Sequence[Tensor], shared_gradients: list[Tensor], head_gradients: list[Tensor]) -> list[Tensor]:
         """``(e, e')`` for the shared parameters then the head, normalized jointly or separately."""
@@ -121,11 +144,75 @@ class FlatMTL(TaskPerturbation):
         return aggregate(clean, losses) + aggregate(perturbed - clean, losses)
 
 
+class PerturbedModels:
+    """The K perturbed models of one step: model ``k`` has the shared parameters ``θ + e_k``, head
+    ``k`` at ``φ_k + e'_k`` (``shift(k)``, shared part first) and the other heads unperturbed.
+    Each is evaluated on task ``k``'s loss, with copies of the model's buffers."""
+
+    def __init__(self, task_losses: TaskLosses, shared: Sequence[Tensor], heads: Sequence[Sequence[Tensor]], shift: Callable[[int], list[Tensor]]) -> None:
+        names = {id(parameter): name for name, parameter in task_losses.model.named_parameters()}
+        unknown = [tuple(parameter.shape) for parameter in (*shared, *(parameter for head in heads for parameter in head)) if id(parameter) not in names]
+        if unknown:
+            raise ValueError(f"F-MTL perturbs parameters of shapes {unknown} that are not parameters of {type(task_losses.model).__name__}")
+        self.task_losses = task_losses
+        self.shared, self.heads, self.shift = list(shared), [list(head) for head in heads], shift
+        self.shared_names = [names[id(parameter)] for parameter in shared]
+        self.head_names = [[names[id(parameter)] for parameter in head] for head in heads]
+        self.count = len(heads)
+
+    def weights(self, task: int) -> list[Tensor]:
+        """Model ``task``'s perturbed shared parameters then head, detached."""
+        return [parameter.detach() + shift for parameter, shift in zip([*self.shared, *self.heads[task]], self.shift(task))]
+
+    def looped(self, task: int) -> TaskGradients:
+        """Task ``task``'s gradients at its perturbed weights, from one forward and one backward pass."""
+        weights = dict(zip([*self.shared_names, *self.head_names[task]], (weight.requires_grad_() for weight in self.weights(task))))
+        buffers = {name: buffer.clone() for name, buffer in self.task_losses.model.named_buffers()}
+        loss = self.task_losses.at({**weights, **buffers})[task]
+        return self._split(gradients(loss, list(weights.values())))
+
+    def batched(self, tasks: Sequence[int]) -> list[TaskGradients]:
+        """The gradients of ``tasks``, each at its own perturbed weights, from one vmapped forward
+        and one backward pass: the losses of different models depend on different rows of the
+        stacked weights, so the gradient of their sum holds each model's gradient in its row."""
+        stacked = self._stacked(tasks)
+        buffers = {name: buffer.expand(len(tasks), *buffer.shape).clone() for name, buffer in self.task_losses.model.named_buffers()}
+        losses = vmap(lambda weights, copies: self.task_losses.at({**weights, **copies}), randomness="different")(stacked, buffers)
+        own = losses[torch.arange(len(tasks), device=losses.device), torch.tensor(list(tasks), device=losses.device)]
+        rows = dict(zip(stacked, gradients(own.sum(), list(stacked.values()))))
+        return [self._split([rows[name][row] for name in (*self.shared_names, *self.head_names[task])]) for row, task in enumerate(tasks)]
+
+    def _stacked(self, tasks: Sequence[int]) -> dict[str, Tensor]:
+        """The weights of the models of ``tasks`` stacked along a new first dimension: the shared
+        parameters and the heads of ``tasks``, each head perturbed in its own task's row only."""
+        perturbed = [self.weights(task) for task in tasks]
+        stacked = {name: torch.stack([weights[index] for weights in perturbed]) for index, name in enumerate(self.shared_names)}
+        for row, task in enumerate(tasks):
+            for index, (name, parameter) in enumerate(zip(self.head_names[task], self.heads[task])):
+                rows = parameter.detach().expand(len(tasks), *parameter.shape).clone()
+                rows[row] = perturbed[row][len(self.shared) + index]
+                stacked[name] = rows
+        return {name: weight.requires_grad_() for name, weight in stacked.items()}
+
+    def _split(self, tensors: list[Tensor]) -> TaskGradients:
+        return tensors[: len(self.shared)], tensors[len(self.shared) :]
+
+
+def chunks(count: int, size: int | None) -> list[range]:
+    """``range(count)`` cut into consecutive pieces of ``size`` (one piece for None)."""
+    size = size or count
+    return [range(start, min(start + size, count)) for start in range(0, count, size)]
+
+
+def gradients(loss: Tensor, inputs: Sequence[Tensor], retain_graph: bool = False) -> list[Tensor]:
+    """``∇ loss`` with respect to each of ``inputs``; zeros for an input the loss does not reach."""
+    found = torch.autograd.grad(loss, inputs, retain_graph=retain_graph, allow_unused=True)
+    return [torch.zeros_like(tensor) if gradient is None else gradient for tensor, gradient in zip(inputs, found)]
+
+
 def task_gradients(loss: Tensor, shared: Sequence[Tensor], head: Sequence[Tensor], retain_graph: bool) -> tuple[list[Tensor], list[Tensor]]:
     """``(∇_θ loss, ∇_φ loss)``; zeros for a parameter the loss does not reach."""
-    parameters = [*shared, *head]
-    gradients = torch.autograd.grad(loss, parameters, retain_graph=retain_graph, allow_unused=True)
-    filled = [torch.zeros_like(parameter) if gradient is None else gradient for parameter, gradient in zip(parameters, gradients)]
+    filled = gradients(loss, [*shared, *head], retain_graph)
     return filled[: len(shared)], filled[len(shared) :]
 
 

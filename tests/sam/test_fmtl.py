@@ -1,13 +1,16 @@
 """F-MTL (Algorithm 1 of arXiv:2211.13723) against SAM and the plain step, on tiny networks."""
 
 import functools
+import warnings
 
 import pytest
 import torch
+from torch import nn
 
 from mtl.methods.linear import LinearScalarization
+from mtl.methods.mgda import MGDA
 from mtl.models import MLP, HardParameterSharing, MLPHead
-from mtl.sam import SAM, FlatMTL
+from mtl.sam import SAM, FlatMTL, TaskLosses
 from mtl.tasks import ClassificationTask, stack_losses
 from tests.test_module import batch
 
@@ -23,33 +26,29 @@ def losses_of(model, tasks, data):
     return stack_losses(tasks, model(data["input"]), data)
 
 
-def flat_step(fmtl, model, tasks, aggregate, on_forward=None):
-    data = batch()
+def flat_step(fmtl, model, tasks, aggregate, data=None):
+    data = batch() if data is None else data
     shared = list(model.shared_parameters())
     heads = [list(model.task_parameters(task.name)) for task in tasks]
-
-    def perturbed_losses():
-        if on_forward is not None:
-            on_forward()
-        return losses_of(model, tasks, data)
-
-    return fmtl.step(losses_of(model, tasks, data), perturbed_losses, shared, heads, aggregate)
+    task_losses = TaskLosses(model, data["input"], lambda predictions: stack_losses(tasks, predictions, data))
+    return fmtl.step(losses_of(model, tasks, data), task_losses, shared, heads, aggregate)
 
 
 def equal_weighting(jacobian, losses):
     return LinearScalarization(len(losses))(losses) @ jacobian
 
 
-def recorder(model, seen):
-    """A forward hook for ``flat_step``: appends the model's weights at each perturbed pass to ``seen``."""
-    return lambda: seen.append([parameter.detach().clone() for parameter in model.parameters()])
+def record_forwards(model, seen):
+    """Appends to ``seen`` the weights each forward pass of ``model`` runs at (those of a functional call included)."""
+    model.register_forward_pre_hook(lambda module, inputs: seen.append([parameter.detach().clone() for parameter in module.parameters()]))
 
 
+@pytest.mark.parametrize("batched", [False, True], ids=["loop", "batched"])
 @pytest.mark.parametrize("combine", ["sum", "direct"])
-def test_one_task_with_equal_weighting_and_a_joint_ball_is_sam(combine):
+def test_one_task_with_equal_weighting_and_a_joint_ball_is_sam(combine, batched):
     tasks = TASKS[:1]
     model, reference = model_for(tasks), model_for(tasks)
-    direction, (head_gradients,) = flat_step(FlatMTL(rho=0.4, adaptive=False, norm="joint", combine=combine), model, tasks, equal_weighting)
+    direction, (head_gradients,) = flat_step(FlatMTL(rho=0.4, adaptive=False, norm="joint", combine=combine, batched=batched), model, tasks, equal_weighting)
 
     data = batch()
 
@@ -71,8 +70,9 @@ def test_separate_balls_normalize_the_shared_part_and_the_head_each_to_rho():
     tasks, rho = TASKS[:1], 0.4
     model = model_for(tasks)
     seen = []
-    flat_step(FlatMTL(rho=rho, adaptive=False, norm="separate"), model, tasks, equal_weighting, on_forward=recorder(model, seen))
-    (perturbed,) = seen
+    record_forwards(model, seen)
+    flat_step(FlatMTL(rho=rho, adaptive=False, norm="separate", batched=False), model, tasks, equal_weighting)
+    _, perturbed = seen
     shifts = [after - before.detach() for after, before in zip(perturbed, model.parameters())]
     shared_count = len(list(model.shared_parameters()))
     for part in (shifts[:shared_count], shifts[shared_count:]):
@@ -83,8 +83,9 @@ def test_the_adaptive_ball_scales_every_tensor_by_its_magnitude_plus_eta():
     tasks, rho, eta = TASKS[:1], 0.4, 0.02
     model = model_for(tasks)
     seen = []
-    flat_step(FlatMTL(rho=rho, adaptive=True, eta=eta, norm="joint"), model, tasks, equal_weighting, on_forward=recorder(model, seen))
-    (perturbed,) = seen
+    record_forwards(model, seen)
+    flat_step(FlatMTL(rho=rho, adaptive=True, eta=eta, norm="joint", batched=False), model, tasks, equal_weighting)
+    _, perturbed = seen
     data = batch()
     gradients = torch.autograd.grad(losses_of(model, tasks, data)[0], list(model.parameters()))
     scales = [parameter.detach().abs() + eta for parameter in model.parameters()]
@@ -95,19 +96,18 @@ def test_the_adaptive_ball_scales_every_tensor_by_its_magnitude_plus_eta():
 
 def test_each_perturbed_pass_moves_only_the_shared_parameters_and_that_tasks_head():
     model = model_for(TASKS)
-    original = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
-    moved = []
-
-    def record():
-        moved.append({name for name, parameter in model.named_parameters() if not torch.equal(parameter, original[name])})
-
-    flat_step(FlatMTL(rho=0.5), model, TASKS, lambda jacobian, losses: jacobian.mean(dim=0), on_forward=record)
+    names, original = [name for name, _ in model.named_parameters()], [parameter.detach().clone() for parameter in model.parameters()]
+    seen = []
+    record_forwards(model, seen)
+    flat_step(FlatMTL(rho=0.5, batched=False), model, TASKS, lambda jacobian, losses: jacobian.mean(dim=0))
+    _, *perturbed = seen
     shared = {f"encoder.{name}" for name, _ in model.encoder.named_parameters()}
-    for task, names in zip(TASKS, moved):
+    for task, weights in zip(TASKS, perturbed, strict=True):
+        moved = {name for name, weight, start in zip(names, weights, original) if not torch.equal(weight, start)}
         head = {f"heads.{task.name}.{name}" for name, _ in model.heads[task.name].named_parameters()}
-        assert names == shared | head
-    for name, parameter in model.named_parameters():
-        assert torch.equal(parameter, original[name])
+        assert moved == shared | head
+    for parameter, start in zip(model.parameters(), original):
+        assert torch.equal(parameter, start)
 
 
 def test_the_shared_update_is_the_aggregate_of_the_clean_plus_the_aggregate_of_the_flat_gradients():
@@ -127,7 +127,103 @@ def test_the_shared_update_is_the_aggregate_of_the_clean_plus_the_aggregate_of_t
     assert flat.abs().sum() > 0
 
 
-@pytest.mark.parametrize(("arguments", "message"), [({"norm": "global"}, r"sam.norm must be one of \('separate', 'joint'\), got 'global'"), ({"combine": "mean"}, "sam.combine must be one of"), ({"rho": -1.0}, "sam.rho must be non-negative")])
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"norm": "global"}, r"sam.norm must be one of \('separate', 'joint'\), got 'global'"),
+        ({"combine": "mean"}, "sam.combine must be one of"),
+        ({"rho": -1.0}, "sam.rho must be non-negative"),
+        ({"chunk": 0}, "sam.chunk must be a positive number of tasks or null, got 0"),
+    ],
+)
 def test_invalid_settings_are_refused(arguments, message):
     with pytest.raises(ValueError, match=message):
         FlatMTL(**arguments)
+
+
+THREE_TASKS = [ClassificationTask("left", 3), ClassificationTask("middle", 4), ClassificationTask("right", 2)]
+
+
+def three_task_batch():
+    generator = torch.Generator().manual_seed(2)
+    return {"input": torch.randn(6, 1, 2, 2, generator=generator), **{task.name: torch.randint(0, task.num_outputs, (6,), generator=generator) for task in THREE_TASKS}}
+
+
+def weighted_losses(jacobian, losses):
+    return torch.tensor([0.2, 1.5, 0.7]) @ jacobian
+
+
+@pytest.mark.parametrize("chunk", [None, 2])
+@pytest.mark.parametrize("aggregate", [lambda: MGDA(3), lambda: weighted_losses], ids=["mgda", "fixed-weights"])
+@pytest.mark.parametrize("combine", ["sum", "direct"])
+@pytest.mark.parametrize("adaptive", [True, False])
+@pytest.mark.parametrize("norm", ["separate", "joint"])
+def test_batched_and_looped_perturbed_passes_give_the_same_update(norm, adaptive, combine, aggregate, chunk):
+    data = three_task_batch()
+    settings = {"rho": 0.5, "adaptive": adaptive, "eta": 0.01, "norm": norm, "combine": combine}
+    looped = flat_step(FlatMTL(**settings, batched=False), model_for(THREE_TASKS), THREE_TASKS, aggregate(), data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback to the loop
+        batched = flat_step(FlatMTL(**settings, batched=True, chunk=chunk), model_for(THREE_TASKS), THREE_TASKS, aggregate(), data)
+    assert torch.allclose(batched[0], looped[0], atol=1e-6)
+    for batched_head, looped_head in zip(batched[1], looped[1], strict=True):
+        for batched_gradient, looped_gradient in zip(batched_head, looped_head, strict=True):
+            assert torch.allclose(batched_gradient, looped_gradient, atol=1e-6)
+    assert not torch.allclose(batched[0], flat_step(FlatMTL(**{**settings, "rho": 0.0}, batched=False), model_for(THREE_TASKS), THREE_TASKS, aggregate(), data)[0], atol=1e-4)
+
+
+class ItemEncoder(nn.Module):
+    """An encoder with data-dependent control flow, which ``vmap`` refuses."""
+
+    out_features = 5
+
+    def __init__(self, input_shape):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Flatten(), nn.Linear(4, 5), nn.ReLU())
+
+    def forward(self, x):
+        features = self.layers(x)
+        return features if features.sum().item() > -1e9 else -features
+
+
+def test_a_model_that_cannot_be_vmapped_falls_back_to_the_loop_with_one_warning():
+    torch.manual_seed(0)
+    model = HardParameterSharing(ItemEncoder, MLPHead, TASKS, (1, 2, 2))
+    fmtl = FlatMTL(rho=0.5, batched=True)
+    with pytest.warns(RuntimeWarning, match=r"sam.batched=true is not possible for this model \(.*item.*\); using sam.batched=false"):
+        fallen = flat_step(fmtl, model, TASKS, equal_weighting)
+    assert fmtl.batched is False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = flat_step(fmtl, model, TASKS, equal_weighting)
+    expected = flat_step(FlatMTL(rho=0.5, batched=False), model, TASKS, equal_weighting)
+    assert torch.allclose(fallen[0], expected[0]) and torch.allclose(again[0], expected[0])
+
+
+class DropoutEncoder(nn.Module):
+    out_features = 5
+
+    def __init__(self, input_shape):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Flatten(), nn.Linear(4, 5), nn.ReLU(), nn.Dropout(0.5))
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["loop", "batched"])
+def test_each_perturbed_pass_draws_its_own_dropout_masks(batched):
+    """Two identical tasks at rho = 0: their perturbed gradients differ only through the dropout masks."""
+    torch.manual_seed(0)
+    model = HardParameterSharing(DropoutEncoder, MLPHead, TASKS, (1, 2, 2))
+    model.heads["right"].load_state_dict(model.heads["left"].state_dict())
+    data = {**batch(), "right": batch()["left"]}
+    calls = []
+
+    def recording(jacobian, losses):
+        calls.append(jacobian.clone())
+        return jacobian.sum(dim=0)
+
+    flat_step(FlatMTL(rho=0.0, combine="direct", batched=batched), model, TASKS, recording, data)
+    (perturbed,) = calls
+    assert perturbed[0].abs().sum() > 0 and not torch.allclose(perturbed[0], perturbed[1])

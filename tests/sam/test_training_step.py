@@ -87,8 +87,14 @@ def clean_pass_statistics(data):
 
 @pytest.mark.parametrize(
     ("method", "sam"),
-    [(LinearScalarization(2), SAM(rho=0.5)), (MGDA(2), SAM(rho=0.5)), (LinearScalarization(2), FlatMTL(rho=0.5)), (PCGrad(2), FlatMTL(rho=0.5))],
-    ids=["sam-ew", "sam-mgda", "fmtl-ew", "fmtl-pcgrad"],
+    [
+        (LinearScalarization(2), SAM(rho=0.5)),
+        (MGDA(2), SAM(rho=0.5)),
+        (LinearScalarization(2), FlatMTL(rho=0.5)),
+        (PCGrad(2), FlatMTL(rho=0.5)),
+        (PCGrad(2), FlatMTL(rho=0.5, batched=False)),
+    ],
+    ids=["sam-ew", "sam-mgda", "fmtl-ew", "fmtl-pcgrad", "fmtl-loop-pcgrad"],
 )
 def test_batchnorm_statistics_after_a_step_are_those_of_the_clean_pass_alone(method, sam):
     data = batch()
@@ -97,6 +103,19 @@ def test_batchnorm_statistics_after_a_step_are_those_of_the_clean_pass_alone(met
     expected = clean_pass_statistics(data)
     for name, buffer in module.model.named_buffers():
         assert torch.equal(buffer, expected[name]), name
+
+
+@pytest.mark.parametrize("name", ["uw", "mgda"])
+def test_batched_and_looped_fmtl_take_the_same_step_with_batchnorm_in_train_mode(name):
+    data = batch()
+    looped, batched = make_module(METHODS[name](), FlatMTL(rho=0.5, batched=False)), make_module(METHODS[name](), FlatMTL(rho=0.5, batched=True))
+    one_training_step(looped, data)
+    one_training_step(batched, data)
+    assert batched.sam.batched  # no fallback
+    for (key, expected), parameter in zip(looped.named_parameters(), batched.parameters()):
+        assert torch.allclose(parameter, expected, atol=1e-6), key
+    for (key, expected), buffer in zip(looped.model.named_buffers(), batched.model.buffers()):
+        assert torch.equal(buffer, expected), key
 
 
 def test_a_methods_history_advances_once_per_sharpness_aware_step():
