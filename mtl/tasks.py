@@ -87,6 +87,13 @@ class ClassificationTask(Task):
         )
 
 
+def task_losses(tasks: list[Task], predictions: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> list[Tensor]:
+    """Each task's loss, a scalar whose graph reaches its own head only, in the order of ``tasks``."""
+    return [task.loss(predictions[task.name], task.target_of(batch)) for task in tasks]
+
+
 def stack_losses(tasks: list[Task], predictions: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> Tensor:
-    """The task losses as one ``(K,)`` tensor, in the order of ``tasks``."""
-    return torch.stack([task.loss(predictions[task.name], task.target_of(batch)) for task in tasks])
+    """The task losses as one ``(K,)`` tensor, in the order of ``tasks``. A gradient of one entry
+    runs the backward pass of every head (with zeros for the others): differentiate the entries
+    of ``task_losses`` instead to reach one head."""
+    return torch.stack(task_losses(tasks, predictions, batch))

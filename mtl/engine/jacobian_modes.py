@@ -130,11 +130,14 @@ class JacobianEngine:
         heads: Sequence[nn.Parameter] = (),
         batch_size: int = 1,
         sync: GradientSync | None = None,
+        separate: Sequence[Sequence[Tensor]] | None = None,
     ) -> None:
         """``shared.grad`` = the method's direction for the task ``losses (N, K)`` of ``N`` samples,
         whose forward passes gave ``representations`` (one per sample); ``heads.grad`` = the
         gradient of the losses' sum over tasks, averaged over the samples (each head follows its own
-        task). The graph is kept.
+        task). The graph is kept. ``separate[n][k]`` is the loss ``losses[n, k]`` before stacking:
+        its gradient runs head ``k``'s backward alone, where an entry of the stacked tensor runs
+        every head's (``K²`` head passes for the ``K`` rows of ``dL_k/dz``).
 
         With several processes, ``sync`` (``mtl.engine.distributed``) shares the step: ``exact``
         averages ``[Jacobians | head gradients | losses]`` weighted by ``batch_size`` before the
@@ -143,8 +146,9 @@ class JacobianEngine:
         sync = sync or GradientSync()
         if self.mode == "rep" and sync.exact and sync.active:
             raise ValueError("jacobian.mode=rep aggregates gradients of this process's representation; with several processes use distributed.sync=local or an exact jacobian mode")
+        separate = separate if separate is not None else losses
         if self.groups.due():
-            (jacobian,) = sync.average([self.jacobians(losses, representations, shared).mean(dim=0)], batch_size)
+            (jacobian,) = sync.average([self.jacobians(losses, representations, shared, separate).mean(dim=0)], batch_size)
             self.groups.regroup(jacobian)
         averaging = None if self.groups.trivial else self.groups.matrix(losses)
         group_losses = grouped(losses, averaging)
@@ -154,7 +158,7 @@ class JacobianEngine:
             flat = self._buffer("exact", (samples * rows_per_sample * (width + 1) + head_width + 1,), shared[0])
             rows, head_gradients, row_losses, weight = flat.split([samples * rows_per_sample * width, head_width, samples * rows_per_sample, 1])
             jacobians = rows.view(samples, rows_per_sample, width)
-            self._fill_jacobians(jacobians, losses, representations, shared, averaging)
+            self._fill_jacobians(jacobians, separate, losses, representations, shared, averaging)
             row_losses.copy_(group_losses.detach().flatten())
             self._fill_head_gradients(head_gradients, losses, heads)
             weight.fill_(batch_size)
@@ -164,7 +168,7 @@ class JacobianEngine:
         else:
             flat = self._buffer("local", (width + head_width + 1,), shared[0])
             direction, head_gradients, weight = flat.split([width, head_width, 1])
-            direction.copy_(self._direction(method, losses, representations, shared, averaging))
+            direction.copy_(self._direction(method, losses, separate, representations, shared, averaging))
             self._fill_head_gradients(head_gradients, losses, heads)
             weight.fill_(batch_size)
             sync.average_(flat)
@@ -172,14 +176,20 @@ class JacobianEngine:
         set_gradient(heads, head_gradients)
 
     def _direction(
-        self, method: GradientAggregator, losses: Tensor, representations: Sequence[Tensor | None], shared: Sequence[nn.Parameter], averaging: Tensor | None
+        self,
+        method: GradientAggregator,
+        losses: Tensor,
+        separate: Sequence[Sequence[Tensor]],
+        representations: Sequence[Tensor | None],
+        shared: Sequence[nn.Parameter],
+        averaging: Tensor | None,
     ) -> Tensor:
         """This process's direction ``(P,)`` from its own task gradients, grouped by ``averaging``."""
         if self.mode == "rep":
-            return self._representation_direction(method, losses[0], representations[0], shared, averaging)
+            return self._representation_direction(method, losses[0], separate[0], representations[0], shared, averaging)
         group_losses = grouped(losses, averaging).detach()
         jacobians = self._buffer("jacobian", (*group_losses.shape, numel(shared)), shared[0])
-        self._fill_jacobians(jacobians, losses, representations, shared, averaging)
+        self._fill_jacobians(jacobians, separate, losses, representations, shared, averaging)
         if len(losses) == 1:
             return method(jacobians[0], group_losses[0])
         return method(jacobians, group_losses)
@@ -190,25 +200,35 @@ class JacobianEngine:
             gradients = torch.autograd.grad(losses.sum() / len(losses), heads, retain_graph=True, allow_unused=True)
             scatter(gradients, heads, rows)
 
-    def jacobians(self, losses: Tensor, representations: Sequence[Tensor | None], shared: Sequence[nn.Parameter]) -> Tensor:
-        """The Jacobians ``(N, K, P)`` of the losses ``(N, K)`` of ``N`` samples: a view of the reused buffer."""
+    def jacobians(
+        self, losses: Tensor, representations: Sequence[Tensor | None], shared: Sequence[nn.Parameter], separate: Sequence[Sequence[Tensor]] | None = None
+    ) -> Tensor:
+        """The Jacobians ``(N, K, P)`` of the losses ``(N, K)`` of ``N`` samples (``separate``: as
+        in ``write_gradients``): a view of the reused buffer."""
         buffer = self._buffer("jacobian", (*losses.shape, numel(shared)), shared[0])
-        self._fill_jacobians(buffer, losses, representations, shared)
+        self._fill_jacobians(buffer, separate if separate is not None else losses, losses, representations, shared)
         return buffer
 
     def _fill_jacobians(
-        self, buffer: Tensor, losses: Tensor, representations: Sequence[Tensor | None], shared: Sequence[nn.Parameter], averaging: Tensor | None = None
+        self,
+        buffer: Tensor,
+        separate: Sequence[Sequence[Tensor]],
+        losses: Tensor,
+        representations: Sequence[Tensor | None],
+        shared: Sequence[nn.Parameter],
+        averaging: Tensor | None = None,
     ) -> None:
         """``buffer[n]`` = the Jacobian of sample ``n``, its rows averaged over groups of tasks by
         ``averaging (C, K)`` when given (``C`` backward passes through the encoder instead of ``K``)."""
-        for sample, (sample_losses, representation) in enumerate(zip(losses, representations)):
-            outputs, cotangents = self._cotangents(sample_losses, representation, sample)
+        for sample, representation in enumerate(representations):
+            outputs, cotangents = self._cotangents(separate[sample], losses[sample], representation, sample)
             if averaging is not None:
                 cotangents = torch.tensordot(averaging, cotangents, dims=1)
             self._fill(buffer[sample], outputs, cotangents, shared)
 
-    def representation_gradients(self, losses: Tensor, representation: Tensor, sample: int = 0) -> Tensor:
-        """``dL_k/dz`` for every task, ``(K, *z.shape)``: one gradient through each task's head alone."""
+    def representation_gradients(self, losses: Sequence[Tensor], representation: Tensor, sample: int = 0) -> Tensor:
+        """``dL_k/dz`` for every task, ``(K, *z.shape)``: one gradient per task loss, through that
+        task's head alone when the losses are separate tensors (not entries of a stacked one)."""
         rows = self._buffer(f"representation{sample}", (len(losses), *representation.shape), representation)
         for row, loss in zip(rows, losses):
             (gradient,) = torch.autograd.grad(loss, representation, retain_graph=True, allow_unused=True)
@@ -218,12 +238,13 @@ class JacobianEngine:
                 row.copy_(gradient)
         return rows
 
-    def _cotangents(self, losses: Tensor, representation: Tensor | None, sample: int) -> tuple[Tensor, Tensor]:
+    def _cotangents(self, separate: Sequence[Tensor], losses: Tensor, representation: Tensor | None, sample: int) -> tuple[Tensor, Tensor]:
         """What to backpropagate to the shared parameters: the representation with the per-task
-        ``dL_k/dz``, or (general path) the losses with the rows of the identity."""
+        ``dL_k/dz`` (from the ``separate`` losses), or (general path) the stacked losses with the
+        rows of the identity."""
         if representation is None:
             return losses, self._identity(len(losses), losses)
-        return representation, self.representation_gradients(losses, representation, sample)
+        return representation, self.representation_gradients(separate, representation, sample)
 
     def _fill(self, rows: Tensor, outputs: Tensor, cotangents: Tensor, shared: Sequence[nn.Parameter]) -> None:
         """``rows[k] = vec((d outputs/dθ)ᵀ · cotangents[k])`` in the engine's exact mode."""
@@ -275,11 +296,11 @@ class JacobianEngine:
         return choice
 
     def _representation_direction(
-        self, method: GradientAggregator, losses: Tensor, representation: Tensor, shared: Sequence[nn.Parameter], averaging: Tensor | None
+        self, method: GradientAggregator, losses: Tensor, separate: Sequence[Tensor], representation: Tensor, shared: Sequence[nn.Parameter], averaging: Tensor | None
     ) -> Tensor:
         """MGDA-UB: aggregate ``Z (K, B·D)`` (grouped by ``averaging``), backpropagate the direction
         through the encoder once; flat ``(P,)``."""
-        rows = self.representation_gradients(losses, representation).flatten(start_dim=1)
+        rows = self.representation_gradients(separate, representation).flatten(start_dim=1)
         if averaging is not None:
             rows = averaging @ rows
         direction = method(rows, grouped(losses, averaging).detach())

@@ -49,7 +49,7 @@ from mtl.engine.jacobian import set_gradient, task_jacobian
 from mtl.engine.jacobian_modes import JacobianEngine
 from mtl.methods.base import GradientAggregator, LossWeighting, Method
 from mtl.sam.base import Aggregate, Sharpness, TaskLosses, TaskPerturbation, WeightPerturbation
-from mtl.tasks import INPUT_KEY, Task, stack_losses
+from mtl.tasks import INPUT_KEY, Task, stack_losses, task_losses
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
@@ -219,8 +219,8 @@ class MultiTaskModule(pl.LightningModule):
         def share(gradients: Sequence[Tensor]) -> list[Tensor]:
             return self.sync.average(gradients, size) if self.sync.exact else list(gradients)
 
-        task_losses = TaskLosses(self.model, model_input(batch), lambda predictions: stack_losses(self.tasks, predictions, batch))
-        direction, head_gradients = self.sam.step(global_losses, task_losses, shared, heads, aggregate, share)
+        losses_at = TaskLosses(self.model, model_input(batch), lambda predictions: stack_losses(self.tasks, predictions, batch))
+        direction, head_gradients = self.sam.step(global_losses, losses_at, shared, heads, aggregate, share)
         set_gradient(shared, direction)
         for weight, head, gradients in zip(head_weights, heads, head_gradients):
             for parameter, gradient in zip(head, gradients):
@@ -300,15 +300,17 @@ class MultiTaskModule(pl.LightningModule):
         the gradient of its own task's loss (averaged over the independent samples of a
         double-sampling method). Returns the losses."""
         samples = self.method.independent_samples
-        representations, losses = [], []
+        representations, separate = [], []
         for part in split_batch(batch, samples):
             representation, predictions = self.jacobian.forward(self.model, model_input(part))
             representations.append(representation)
-            losses.append(self._score("train", predictions, part) if self._recording else stack_losses(self.tasks, predictions, part))
-        losses = torch.stack(losses)
+            separate.append(task_losses(self.tasks, predictions, part))
+            if self._recording:
+                self._record("train", predictions, part, torch.stack(separate[-1]))
+        losses = torch.stack([torch.stack(sample) for sample in separate])
         shared = trained(self.model.shared_parameters())
         heads = trained(parameter for task in self.tasks for parameter in self.model.task_parameters(task.name))
-        self.jacobian.write_gradients(self.method, losses, representations, shared, heads, len(model_input(batch)), self.sync)
+        self.jacobian.write_gradients(self.method, losses, representations, shared, heads, len(model_input(batch)), self.sync, separate)
         return losses.mean(dim=0)
 
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
@@ -338,16 +340,20 @@ class MultiTaskModule(pl.LightningModule):
         return self._score(stage, self.model(model_input(batch)), batch)
 
     def _score(self, stage: str, predictions: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> Tensor:
-        """Task losses ``(K,)`` of ``predictions`` for ``batch``; updates the stage's metrics and
-        mean losses (the training loss of the step is logged at once, for the progress bar)."""
+        """Task losses ``(K,)`` of ``predictions`` for ``batch``, recorded."""
         losses = stack_losses(self.tasks, predictions, batch)
+        self._record(stage, predictions, batch, losses)
+        return losses
+
+    def _record(self, stage: str, predictions: Mapping[str, Tensor], batch: Mapping[str, Tensor], losses: Tensor) -> None:
+        """Update the stage's metrics and mean losses with ``predictions`` and their ``losses (K,)``
+        (the training loss of the step is logged at once, for the progress bar)."""
         batch_size = len(batch[INPUT_KEY])
         for task, loss in zip(self.tasks, losses.detach()):
             self._metrics(stage)[task.name].update(predictions[task.name].detach(), task.target_of(batch))
             self._losses(stage)[task.name].update(loss, batch_size)
         if stage == "train":
             self.log(f"train/{MEAN}/loss_step", losses.detach().mean(), on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
-        return losses
 
     def _metrics(self, stage: str) -> nn.ModuleDict:
         return getattr(self, f"{stage}_metrics")

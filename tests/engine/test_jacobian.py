@@ -1,5 +1,6 @@
 """The Jacobian engine against plain per-task ``torch.autograd.grad`` on the whole model."""
 
+import collections
 import copy
 import functools
 import logging
@@ -318,3 +319,15 @@ def test_the_config_chooses_the_mode_and_a_rep_run_trains(tiny_config):
 def test_rep_mode_refuses_aggregators_whose_state_has_the_size_of_the_gradients():
     with pytest.raises(ValueError, match="jacobian.mode=rep gives gradients of the representation.*MoCo keeps state"):
         JacobianEngine(mode="rep").check(HardParameterSharing(MLP, MLPHead, [ClassificationTask("a", 2)], (1, 2, 2)), MoCo(1))
+
+
+@pytest.mark.parametrize("mode", ["loop", "batched", "rep"])
+def test_each_task_gradient_runs_the_backward_of_its_own_head_only(mode):
+    module, counts = step_module(mode, MeanOfRows(len(TASKS))), collections.Counter()
+    for name, head in module.model.heads.items():
+        head.register_full_backward_hook(lambda *_, name=name: counts.update([name]))
+    one_training_step(module, batch("dropout"))
+    # The hook fires when the gradient with respect to a head's input z is computed: once, for
+    # dL_k/dz (the heads' own gradients stop at their parameters); K times if every dL_k/dz ran
+    # every head.
+    assert counts == {task.name: 1 for task in TASKS}
