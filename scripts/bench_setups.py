@@ -1,0 +1,79 @@
+"""The models and batches that ``bench_step.py`` times (a helper module, not a script).
+
+Each setup is a hard-parameter-sharing model (``mtl.models.HardParameterSharing``: one shared
+encoder, one head per task), a number of classification tasks, an input shape and a default batch
+size. Inputs and labels are random (step time and memory do not depend on their values); the batch
+and the initial weights are seeded, so every measurement of a setup, ``mtl``'s and the peers',
+sees the same model and the same batch.
+
+- ``mlp-k10``, ``mlp-k40``: an MLP encoder (3×512) on 784-dimensional inputs, 10 or 40 ten-class
+  linear heads, batch 256.
+- ``lenet-k2``: Multi-LeNet (Sener & Koltun 2018) on 1×36×36 inputs (MultiMNIST-shaped), 2
+  ten-class heads (one hidden layer of 50, dropout 0.5), batch 256.
+- ``resnet18-k40``: a ResNet-18 encoder on 3×64×64 inputs (CelebA-shaped, as in Sener & Koltun
+  2018), 40 binary linear heads, batch 8. The encoder is ``mtl.models.ResNet`` with widths
+  64/128/256/512 and two basic blocks per stage (BasicBlock [2, 2, 2, 2], 11.2M parameters): the
+  CIFAR-style ResNet-18 of Sener & Koltun's CelebA model (3×3 stride-1 stem, no max-pool), with
+  global average pooling to 512 features. The batch is small because one backward pass through
+  it takes about half a second on two CPU cores, and an exact Jacobian needs 40 of them.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from mtl.models import MLP, HardParameterSharing, LeNet, MLPHead, ResNet
+from mtl.tasks import INPUT_KEY, ClassificationTask
+
+
+@dataclass(frozen=True)
+class Setup:
+    """A model factory, its tasks and input shape, and the batch size it is timed with by default."""
+
+    name: str
+    encoder: Callable[..., nn.Module]
+    head: Callable[..., nn.Module]
+    num_tasks: int
+    num_classes: int
+    input_shape: tuple[int, ...]
+    batch_size: int
+
+    def tasks(self) -> list[ClassificationTask]:
+        return [ClassificationTask(f"task{index}", self.num_classes) for index in range(self.num_tasks)]
+
+    def model(self, seed: int = 0) -> HardParameterSharing:
+        """The model with weights drawn from ``seed``: the same weights on every call."""
+        torch.manual_seed(seed)
+        return HardParameterSharing(self.encoder, self.head, self.tasks(), self.input_shape)
+
+    def batch(self, batch_size: int, device: torch.device, seed: int = 0) -> dict[str, Tensor]:
+        """Random inputs and labels, the same on every call with the same arguments."""
+        generator = torch.Generator().manual_seed(seed)
+        batch = {INPUT_KEY: torch.randn(batch_size, *self.input_shape, generator=generator)}
+        for task in self.tasks():
+            batch[task.target] = torch.randint(0, self.num_classes, (batch_size,), generator=generator)
+        return {key: value.to(device) for key, value in batch.items()}
+
+
+def mlp(num_tasks: int) -> Setup:
+    encoder = functools.partial(MLP, hidden=(512, 512, 512))
+    return Setup(f"mlp-k{num_tasks}", encoder, MLPHead, num_tasks, 10, (784,), 256)
+
+
+def lenet() -> Setup:
+    head = functools.partial(MLPHead, hidden=(50,), dropout=0.5)
+    return Setup("lenet-k2", LeNet, head, 2, 10, (1, 36, 36), 256)
+
+
+def resnet18() -> Setup:
+    encoder = functools.partial(ResNet, widths=(64, 128, 256, 512), blocks=2)
+    return Setup("resnet18-k40", encoder, MLPHead, 40, 2, (3, 64, 64), 8)
+
+
+SETUPS: dict[str, Setup] = {setup.name: setup for setup in (mlp(10), mlp(40), lenet(), resnet18())}
+"""Every setup by name, in the order the report lists them."""
