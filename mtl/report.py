@@ -4,8 +4,10 @@ Collects each run's ``results.json`` (a run is a directory with ``.hydra/``; one
 is listed as failed, never dropped), groups the runs by their config-group choices (``--group``,
 default ``method``; e.g. ``--group method sam``), and reports per group the mean ± standard
 deviation over the runs (seeds) of every test metric, Δm% against the baselines, and the rank.
-Writes ``report.md``, ``report.csv`` and, for two or more tasks, ``pareto.png`` and
-``pareto.pdf`` (per-task trade-off with the Pareto front highlighted) into ``--out``.
+Writes ``report.md``, ``report.csv``, for two or more tasks ``pareto.png`` and ``pareto.pdf``
+(per-task trade-off with the Pareto front highlighted), and, from the runs' CSV logs,
+``curves.png`` and ``curves.pdf`` (training and validation curves per group, mean over seeds)
+into ``--out``.
 
 The Δm% baselines ``{task: {metric: value}}`` come from the first of:
 
@@ -246,6 +248,46 @@ def plot_pareto(groups: list[Group], out: Path) -> None:
     plt.close(figure)
 
 
+CURVES = ("train/mean/loss", "val/mean/loss", "val/mean/accuracy")
+"""The epoch series drawn by ``plot_curves``, each where the runs logged it."""
+
+
+def epoch_series(run: Run, name: str) -> dict[int, float]:
+    """``{epoch: value}`` of the metric ``name`` in the run's CSV log (``csv/metrics.csv``); empty
+    without the log or the metric."""
+    log = run.path / "csv" / "metrics.csv"
+    if not log.is_file():
+        return {}
+    with log.open(newline="") as file:
+        return {int(row["epoch"]): float(row[name]) for row in csv.DictReader(file) if row.get(name)}
+
+
+def plot_curves(groups: list[Group], out: Path) -> bool:
+    """``curves.png``/``.pdf``: per group, the mean over its logged runs of each ``CURVES`` metric
+    per epoch, shaded between the runs' minimum and maximum. False (nothing written) without CSV logs."""
+    series = {name: [(group, [epoch_series(run, name) for run in group.finished]) for group in groups] for name in CURVES}
+    drawn = [name for name in CURVES if any(any(runs) for _, runs in series[name])]
+    if not drawn:
+        return False
+    figure, axes = plt.subplots(1, len(drawn), figsize=(4.5 * len(drawn), 3.8), squeeze=False, layout="constrained")
+    for axis, name in zip(axes[0], drawn):
+        for group, all_runs in series[name]:
+            runs = [values for values in all_runs if values]
+            epochs = sorted(set.intersection(*(set(values) for values in runs))) if runs else []
+            if not epochs:
+                continue
+            table = [[values[epoch] for values in runs] for epoch in epochs]
+            line = axis.plot(epochs, [statistics.fmean(row) for row in table], label=" ".join(group.key))[0]
+            axis.fill_between(epochs, [min(row) for row in table], [max(row) for row in table], color=line.get_color(), alpha=0.15)
+        axis.set_xlabel("epoch")
+        axis.set_title(name)
+    axes[0][0].legend(fontsize=7)
+    for suffix in ("png", "pdf"):
+        figure.savefig(out / f"curves.{suffix}", dpi=150)
+    plt.close(figure)
+    return True
+
+
 def report(sweep_dir: Path, keys: list[str], baselines: dict | None, out: Path) -> str:
     """Write the report of the runs under ``sweep_dir`` into ``out`` and return its Markdown; Δm%
     is against ``baselines`` if given, else against those found as the module docstring says."""
@@ -263,6 +305,7 @@ def report(sweep_dir: Path, keys: list[str], baselines: dict | None, out: Path) 
     text = write_tables(summary_rows(groups, keys, baselines), source, baseline_rows, failed, out)
     if any(group.finished for group in groups):
         plot_pareto(groups, out)
+        plot_curves(groups, out)
     return text
 
 
@@ -271,7 +314,7 @@ def main() -> None:
     parser.add_argument("sweep_dir", type=Path, help="directory holding the runs (e.g. outputs/train/multiruns/<date>)")
     parser.add_argument("--group", nargs="+", default=["method"], help="config groups whose choices identify a row")
     parser.add_argument("--baselines", type=Path, help="JSON {task: {metric: value}} for Δm%% (default: the sweep's single-task runs, else the runs' config)")
-    parser.add_argument("--out", type=Path, help="where to write report.md/csv and pareto.png/pdf (default: sweep_dir)")
+    parser.add_argument("--out", type=Path, help="where to write report.md/csv, pareto.png/pdf and curves.png/pdf (default: sweep_dir)")
     args = parser.parse_args()
     baselines = json.loads(args.baselines.read_text()) if args.baselines else None
     table = report(args.sweep_dir, args.group, baselines, args.out or args.sweep_dir)

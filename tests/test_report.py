@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mtl.report import pareto_front, report
+from mtl.report import epoch_series, find_runs, pareto_front, report
 
 
 def make_run(
@@ -116,3 +116,26 @@ def test_runs_whose_configs_disagree_on_the_baselines_are_an_error(tmp_path):
     make_run(tmp_path / "sweep", "1", "ew", 0.84, 0.94, config={"baselines": {"left": {"accuracy": 0.7}}})
     with pytest.raises(ValueError, match="the runs' configs give 2 different baselines"):
         report(tmp_path / "sweep", ["method"], None, tmp_path / "report")
+
+
+def write_metrics_csv(run: Path, rows: list[dict]) -> None:
+    (run / "csv").mkdir()
+    header = ["epoch", "step", "train/mean/loss", "val/mean/accuracy"]
+    lines = [",".join(header)] + [",".join(str(row.get(column, "")) for column in header) for row in rows]
+    (run / "csv" / "metrics.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_curves_read_each_epoch_from_the_csv_logs_and_are_plotted(sweep, tmp_path):
+    # Lightning writes one row per logging call: step rows leave the epoch metrics empty.
+    write_metrics_csv(sweep / "0", [{"epoch": 0, "step": 4}, {"epoch": 0, "step": 9, "val/mean/accuracy": 0.5}, {"epoch": 1, "step": 19, "val/mean/accuracy": 0.7, "train/mean/loss": 1.2}])
+    runs = {run.path.name: run for run in find_runs(sweep)}
+    assert epoch_series(runs["0"], "val/mean/accuracy") == {0: 0.5, 1: 0.7}
+    assert epoch_series(runs["0"], "train/mean/loss") == {1: 1.2}
+    assert epoch_series(runs["2"], "val/mean/accuracy") == {}  # no log
+    report(sweep, ["method"], None, tmp_path / "report")
+    assert (tmp_path / "report" / "curves.png").stat().st_size > 0 and (tmp_path / "report" / "curves.pdf").is_file()
+
+
+def test_no_curves_without_csv_logs(sweep, tmp_path):
+    report(sweep, ["method"], None, tmp_path / "report")
+    assert not (tmp_path / "report" / "curves.png").exists()
