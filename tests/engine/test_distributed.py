@@ -41,6 +41,7 @@ CASES = {
     "upgrad": ["method=upgrad"],
     "fmtl_mgda": ["method=mgda", "sam=fmtl", "sam.rho=0.05"],
     "sam_pcgrad": ["method=pcgrad", "sam=sam"],
+    "gsam_uw": ["method=uw", "sam=gsam"],
     "mgda_local": ["method=mgda", "distributed.sync=local"],
 }
 """Runs compared between two processes and one; SGD so that tiny float differences stay tiny.
