@@ -209,9 +209,14 @@ class MultiTaskModule(pl.LightningModule):
         With several processes, ``exact`` sync averages the clean and the perturbed task gradients
         over the processes (so every perturbation is the single-process one); ``local`` averages
         the final gradients."""
-        losses = self._evaluate("train", batch)
+        predictions = self.model(model_input(batch))
+        separate = task_losses(self.tasks, predictions, batch)
+        losses = torch.stack(separate)
+        self._record("train", predictions, batch, losses)
         size = len(model_input(batch))
         global_losses = self._global(losses, batch)
+        # each task's own loss (its gradient runs its own head alone), with the global value
+        global_separate = [loss + (value - loss).detach() for loss, value in zip(separate, global_losses.detach())]
         shared = trained(self.model.shared_parameters())
         heads = [trained(self.model.task_parameters(task.name)) for task in self.tasks]
         aggregate, head_weights = self._task_combination(global_losses, batch)
@@ -219,8 +224,8 @@ class MultiTaskModule(pl.LightningModule):
         def share(gradients: Sequence[Tensor]) -> list[Tensor]:
             return self.sync.average(gradients, size) if self.sync.exact else list(gradients)
 
-        losses_at = TaskLosses(self.model, model_input(batch), lambda predictions: stack_losses(self.tasks, predictions, batch))
-        direction, head_gradients = self.sam.step(global_losses, losses_at, shared, heads, aggregate, share)
+        losses_at = TaskLosses(self.model, model_input(batch), lambda outputs: task_losses(self.tasks, outputs, batch))
+        direction, head_gradients = self.sam.step(global_separate, losses_at, shared, heads, aggregate, share)
         set_gradient(shared, direction)
         for weight, head, gradients in zip(head_weights, heads, head_gradients):
             for parameter, gradient in zip(head, gradients):

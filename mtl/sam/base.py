@@ -41,16 +41,17 @@ VANISHING = 1e-12
 
 @dataclass(frozen=True)
 class TaskLosses:
-    """The task losses ``(K,)`` of one batch as a function of the weights: ``score(model(inputs))``.
+    """The task losses of one batch as a function of the weights: ``score(model(inputs))``.
 
-    ``score`` maps the model's predictions to the losses and has no side effects (no logging).
+    ``score`` maps the model's predictions to each task's loss, ``K`` separate scalars (a gradient
+    of one then runs the backward pass of its own head alone), and has no side effects (no logging).
     """
 
     model: nn.Module
     inputs: Tensor
-    score: Callable[[Any], Tensor]
+    score: Callable[[Any], Sequence[Tensor]]
 
-    def at(self, tensors: Mapping[str, Tensor]) -> Tensor:
+    def at(self, tensors: Mapping[str, Tensor]) -> Sequence[Tensor]:
         """The losses with the model's parameters and buffers named in ``tensors`` replaced by them
         (``torch.func.functional_call``): the model's own tensors of those names are neither read
         nor written (in-place buffer updates land in ``tensors``)."""
@@ -73,7 +74,7 @@ class TaskPerturbation(ABC):
     @abstractmethod
     def step(
         self,
-        losses: Tensor,
+        losses: Sequence[Tensor],
         task_losses: TaskLosses,
         shared: Sequence[Tensor],
         heads: Sequence[Sequence[Tensor]],
@@ -81,7 +82,7 @@ class TaskPerturbation(ABC):
         share: Share = list,
     ) -> tuple[Tensor, list[list[Tensor]]]:
         """The shared update ``(P,)`` (flattened in the order of ``shared``) and each head's
-        gradients, from the task ``losses (K,)`` at ``w`` (with their graph) and ``task_losses``,
+        gradients, from the task ``losses`` at ``w`` (``K`` scalars with their graph) and ``task_losses``,
         which recomputes them at other weights; ``shared`` and ``heads[k]`` (task ``k``'s own
         parameters) are parameters of ``task_losses.model``. Every task gradient computed here
         passes through ``share`` before it is used. The model's parameters and buffers (BatchNorm

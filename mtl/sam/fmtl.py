@@ -95,7 +95,7 @@ class FlatMTL(TaskPerturbation):
 
     def step(
         self,
-        losses: Tensor,
+        losses: Sequence[Tensor],
         task_losses: TaskLosses,
         shared: Sequence[Tensor],
         heads: Sequence[Sequence[Tensor]],
@@ -110,7 +110,7 @@ class FlatMTL(TaskPerturbation):
         perturbed = shared_task_gradients(self._perturbed_gradients(models), share)
         clean_jacobian = torch.stack([flatten(shared_gradients) for shared_gradients, _ in clean])
         perturbed_jacobian = torch.stack([flatten(shared_gradients) for shared_gradients, _ in perturbed])
-        direction = self._direction(clean_jacobian, perturbed_jacobian, losses.detach(), aggregate)
+        direction = self._direction(clean_jacobian, perturbed_jacobian, torch.stack(list(losses)).detach(), aggregate)
         return direction, [head_gradients for _, head_gradients in perturbed]
 
     def _perturbed_gradients(self, models: PerturbedModels) -> list[TaskGradients]:
@@ -177,7 +177,7 @@ class PerturbedModels:
         stacked weights, so the gradient of their sum holds each model's gradient in its row."""
         stacked = self._stacked(tasks)
         buffers = {name: buffer.expand(len(tasks), *buffer.shape).clone() for name, buffer in self.task_losses.model.named_buffers()}
-        losses = vmap(lambda weights, copies: self.task_losses.at({**weights, **copies}), randomness="different")(stacked, buffers)
+        losses = vmap(lambda weights, copies: torch.stack(list(self.task_losses.at({**weights, **copies}))), randomness="different")(stacked, buffers)
         own = losses[torch.arange(len(tasks), device=losses.device), torch.tensor(list(tasks), device=losses.device)]
         rows = dict(zip(stacked, gradients(own.sum(), list(stacked.values()))))
         return [self._split([rows[name][row] for name in (*self.shared_names, *self.head_names[task])]) for row, task in enumerate(tasks)]

@@ -12,6 +12,7 @@ from mtl.methods.mgda import MGDA
 from mtl.models import MLP, HardParameterSharing, MLPHead
 from mtl.sam import SAM, FlatMTL, TaskLosses
 from mtl.tasks import ClassificationTask, stack_losses
+from mtl.tasks import task_losses as separate_losses  # the tests name a TaskLosses `task_losses`
 from tests.test_module import batch
 
 TASKS = [ClassificationTask("left", 3), ClassificationTask("right", 3)]
@@ -30,7 +31,7 @@ def flat_step(fmtl, model, tasks, aggregate, data=None):
     data = batch() if data is None else data
     shared = list(model.shared_parameters())
     heads = [list(model.task_parameters(task.name)) for task in tasks]
-    task_losses = TaskLosses(model, data["input"], lambda predictions: stack_losses(tasks, predictions, data))
+    task_losses = TaskLosses(model, data["input"], lambda predictions: separate_losses(tasks, predictions, data))
     return fmtl.step(losses_of(model, tasks, data), task_losses, shared, heads, aggregate)
 
 

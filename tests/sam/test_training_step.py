@@ -1,6 +1,7 @@
 """Sharpness-aware steps inside MultiTaskModule: F-MTL at rho = 0 is the plain step, running state
 (BatchNorm statistics, a method's history) and logs follow the clean pass only."""
 
+import collections
 import functools
 
 import pytest
@@ -163,3 +164,12 @@ def test_clipping_scales_the_final_update_to_the_clip_norm(sam):
 def test_an_unknown_clip_algorithm_names_the_valid_ones():
     with pytest.raises(ValueError, match=r"unknown gradient_clip_algorithm 'l1'; valid choices: \['norm', 'value'\]"):
         MultiTaskModule(make_model(), TASKS, MGDA(2), optimizer=functools.partial(torch.optim.SGD, lr=LR), gradient_clip_algorithm="l1")
+
+
+def test_fmtl_runs_each_head_backward_once_per_pass():
+    module, counts = make_module(MGDA(2), FlatMTL(rho=0.5)), collections.Counter()
+    for name, head in module.model.heads.items():
+        head.register_full_backward_hook(lambda *_, name=name: counts.update([name]))
+    one_training_step(module, batch())
+    # the clean gradient and the perturbed gradient of each task; 2K if each task's gradient ran every head
+    assert counts == {task.name: 2 for task in TASKS}
