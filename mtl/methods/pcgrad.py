@@ -26,6 +26,7 @@ per task per step). Cost: K task gradients, the ``(K, K)`` Gramian, then O(K³) 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -43,12 +44,15 @@ class PCGrad(GramianWeighting):
 
 
 def projected_coefficients(gramian: Tensor, generator: torch.Generator) -> Tensor:
-    """Rows ``c_i`` with ``g_i^PC = c_i @ G``, for the Gramian ``G Gᵀ`` and random orders from ``generator``."""
+    """Rows ``c_i`` with ``g_i^PC = c_i @ G``, for the Gramian ``G Gᵀ`` and random orders from
+    ``generator``. The K² scalar steps run in NumPy: as tensor operations each would cost tens of
+    microseconds of dispatch (about 50 ms a step at K = 40)."""
     num_tasks = len(gramian)
-    coefficients = torch.eye(num_tasks, dtype=gramian.dtype, device=gramian.device)
+    matrix = gramian.detach().cpu().double().numpy()
+    coefficients = np.eye(num_tasks)
     for task in range(num_tasks):
         for other in torch.randperm(num_tasks, generator=generator).tolist():
-            inner_product = coefficients[task] @ gramian[:, other]
+            inner_product = coefficients[task] @ matrix[:, other]
             if other != task and inner_product < 0:
-                coefficients[task, other] -= inner_product / gramian[other, other]
-    return coefficients
+                coefficients[task, other] -= inner_product / matrix[other, other]
+    return torch.from_numpy(coefficients).to(gramian.device, gramian.dtype)
