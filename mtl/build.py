@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
@@ -37,7 +38,7 @@ def build_datamodule_and_module(cfg: DictConfig) -> tuple[MultiTaskDataModule, M
     rows = jacobian.bind([task.name for task in tasks]) if jacobian is not None else len(tasks)
     method = instantiate(cfg.method, num_tasks=rows, **task_index_of(cfg.method, tasks))
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-    sam = instantiate(cfg.sam) if cfg.get("sam") else None
+    sam, sam_sync = sharpness(cfg.get("sam"))
     sync = instantiate(cfg.distributed) if cfg.get("distributed") else None
     module = MultiTaskModule(
         model=model,
@@ -52,8 +53,20 @@ def build_datamodule_and_module(cfg: DictConfig) -> tuple[MultiTaskDataModule, M
         sync=sync,
         gradient_clip_val=cfg.get("gradient_clip_val"),
         gradient_clip_algorithm=cfg.get("gradient_clip_algorithm", "norm"),
+        sam_sync=sam_sync,
     )
     return datamodule, module
+
+
+def sharpness(spec: DictConfig | None) -> tuple[Any, str]:
+    """The sharpness-aware step of ``cfg.sam`` (None for none) and its ``sync`` (``global`` or
+    ``local``: which gradients the perturbation follows under DDP, a setting of the training
+    module rather than of the step)."""
+    if not spec:
+        return None, "global"
+    options = OmegaConf.to_container(spec, resolve=True)
+    sync = options.pop("sync", "global")
+    return instantiate(options), sync
 
 
 def task_index_of(method: DictConfig, tasks: Sequence[Task]) -> dict[str, int]:

@@ -26,7 +26,8 @@ together and then awaited, so no second copy of a ``K·P`` buffer is ever alloca
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -57,6 +58,7 @@ class GradientSync:
             raise ValueError(f"distributed.bucket_size must be a positive number of elements, got {bucket_size}")
         self.sync = sync
         self.bucket_size = bucket_size
+        self._paused = False
 
     @property
     def exact(self) -> bool:
@@ -64,8 +66,18 @@ class GradientSync:
 
     @property
     def active(self) -> bool:
-        """Whether there is more than one process to share with."""
-        return process_count() > 1
+        """Whether there is more than one process to share with (and sharing is not paused)."""
+        return not self._paused and process_count() > 1
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Within: every process keeps its own values, nothing is shared (``sam.sync=local``'s
+        clean pass)."""
+        self._paused = True
+        try:
+            yield
+        finally:
+            self._paused = False
 
     def average_(self, flat: Tensor) -> None:
         """Replace the 1-d ``flat`` by its weighted average over the processes, in place.

@@ -56,6 +56,7 @@ SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LR
 
 STAGES = ("train", "val", "test")
 CLIP_ALGORITHMS = ("norm", "value")
+SAM_SYNCS = ("global", "local")
 
 # The epoch values this module logs come from torchmetrics, already synchronized across processes;
 # Lightning cannot tell and recommends sync_dist=True for them (see MultiTaskModule._log_metrics).
@@ -90,6 +91,7 @@ class MultiTaskModule(pl.LightningModule):
         sync: GradientSync | None = None,
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str = "norm",
+        sam_sync: str = "global",
     ) -> None:
         super().__init__()
         if not isinstance(method, (LossWeighting, GradientAggregator)):
@@ -112,7 +114,8 @@ class MultiTaskModule(pl.LightningModule):
         self.gradient_clip_algorithm = gradient_clip_algorithm
         if isinstance(method, GradientAggregator):
             self.jacobian.check(model, method)
-        check_sharpness(sam, model, method)
+        check_sharpness(sam, model, method, sam_sync)
+        self.sam_sync = sam_sync
         self.automatic_optimization = False
         self.sam = sam
         self._recording = True
@@ -188,11 +191,25 @@ class MultiTaskModule(pl.LightningModule):
         if isinstance(self.sam, TaskPerturbation):
             return self._write_flat_gradients(batch)
         return self.sam.step(
-            clean=lambda: self._write_gradients(batch),
+            clean=lambda: self._write_gradients(batch) if self.sam_sync == "global" else self._write_own_gradients(batch),
             perturbed=lambda: self._unrecorded(lambda: self._rewrite_gradients(batch)),
             parameters=trained(self.model.parameters()),
             learning_rate=learning_rate,
         )
+
+    def _write_own_gradients(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """``_write_gradients`` from this process's own batch alone (``sam.sync=local``): sharing is
+        paused, and a loss weighting's gradient is taken with ``torch.autograd.grad``, which DDP's
+        reduction does not see."""
+        with self.sync.paused():
+            if isinstance(self.method, GradientAggregator):
+                return self._write_gradients(batch)
+            losses = self._train_losses(batch)
+            objective = self.method.objective(losses, self._last_shared_layer_gradient_norms(losses, batch))
+            parameters = trained(self.parameters())
+            for parameter, gradient in zip(parameters, torch.autograd.grad(objective, parameters, allow_unused=True)):
+                parameter.grad = gradient
+            return losses
 
     def _rewrite_gradients(self, batch: Mapping[str, Tensor]) -> Tensor:
         """``_write_gradients`` again, every ``.grad`` emptied first (the method's parameters' too)."""
@@ -389,8 +406,16 @@ def trained(parameters: Iterable[nn.Parameter]) -> list[nn.Parameter]:
     return [parameter for parameter in parameters if parameter.requires_grad]
 
 
-def check_sharpness(sam: Sharpness | None, model: nn.Module, method: Method) -> None:
-    """Refuse, at start-up, a sharpness object of neither kind and what F-MTL cannot run with."""
+def check_sharpness(sam: Sharpness | None, model: nn.Module, method: Method, sam_sync: str = "global") -> None:
+    """Refuse, at start-up, a sharpness object of neither kind, what F-MTL cannot run with, and a
+    ``sam.sync=local`` that would let the processes' updates differ."""
+    if sam_sync not in SAM_SYNCS:
+        raise ValueError(f"unknown sam.sync '{sam_sync}'; valid choices: {list(SAM_SYNCS)}")
+    if sam_sync == "local" and (isinstance(sam, TaskPerturbation) or getattr(sam, "uses_clean_update", False)):
+        raise ValueError(
+            f"sam.sync=local perturbs along each process's own gradient, but {type(sam).__name__}'s update also uses the "
+            f"clean gradient, which must then be shared anyway; use sam.sync=global, or sam=sam or asam"
+        )
     if sam is None or isinstance(sam, WeightPerturbation):
         return
     if not isinstance(sam, TaskPerturbation):

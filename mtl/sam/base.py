@@ -18,7 +18,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -59,7 +59,13 @@ class TaskLosses:
 
 
 class WeightPerturbation(ABC):
-    """A step computed at perturbed weights ``w + e``, with ``e`` found from the update at ``w``."""
+    """A step computed at perturbed weights ``w + e``, with ``e`` found from the update at ``w``.
+
+    ``uses_clean_update``: whether the final gradient combines the update at ``w`` with the one at
+    ``w + e`` (GSAM), rather than being the perturbed update alone (SAM, ASAM).
+    """
+
+    uses_clean_update: ClassVar[bool] = False
 
     @abstractmethod
     def step(self, clean: Closure, perturbed: Closure, parameters: Sequence[Tensor], learning_rate: float) -> Tensor:

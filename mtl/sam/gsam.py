@@ -38,6 +38,8 @@ from mtl.sam.sam import SAM
 class GSAM(SAM):
     """SAM's gradient minus ``alpha`` times the clean gradient's part orthogonal to it; ``rho`` follows the lr."""
 
+    uses_clean_update = True
+
     def __init__(
         self,
         max_learning_rate: float,

@@ -17,9 +17,10 @@ from pytorch_lightning.strategies import DDPStrategy, FSDPStrategy
 from mtl.build import build_datamodule_and_module
 from mtl.engine.distributed import GradientSync
 from mtl.engine.jacobian_modes import JacobianEngine
-from mtl.engine.module import check_strategy
+from mtl.engine.module import check_sharpness, check_strategy
 from mtl.methods.linear import LinearScalarization
 from mtl.methods.mgda import MGDA
+from mtl.sam import GSAM
 from mtl.train import train
 from tests.conftest import TINY, compose_config
 from tests.test_train import run_cli
@@ -43,6 +44,8 @@ CASES = {
     "sam_pcgrad": ["method=pcgrad", "sam=sam"],
     "gsam_uw": ["method=uw", "sam=gsam"],
     "mgda_local": ["method=mgda", "distributed.sync=local"],
+    "sam_pcgrad_own": ["method=pcgrad", "sam=sam", "sam.sync=local"],
+    "sam_ew_own": ["method=ew", "sam=sam", "sam.sync=local"],
 }
 """Runs compared between two processes and one; SGD so that tiny float differences stay tiny.
 STCH weights the losses nonlinearly, GradNorm needs gradient norms and FAMO the losses after the
@@ -73,14 +76,13 @@ def train_steps(overrides: list[str], root: Path, name: str, devices: int) -> di
 
 def process(rank: int, port: int, root: Path, cases: dict[str, list[str]]) -> None:
     """One of the ``PROCESSES`` processes, launched as torchrun would: Lightning finds the rank in
-    the environment. Rank 0 saves each case's parameters."""
+    the environment. Each saves each case's parameters."""
     import os
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(PROCESSES), NODE_RANK="0", RANK=str(rank), LOCAL_RANK=str(rank))
     for name, overrides in cases.items():
         parameters = train_steps(overrides, root, name, PROCESSES)
-        if rank == 0:
-            torch.save(parameters, root / f"{name}.pt")
+        torch.save(parameters, root / (f"{name}.pt" if rank == 0 else f"{name}.rank{rank}.pt"))
 
 
 def free_port() -> int:
@@ -95,7 +97,7 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("distributed")
     single = {name: train_steps(overrides, root, name, 1) for name, overrides in CASES.items()}
     mp.spawn(process, args=(free_port(), root, CASES), nprocs=PROCESSES, join=True)
-    return {name: (torch.load(root / f"{name}.pt"), single[name]) for name in CASES}
+    return {name: (torch.load(root / f"{name}.pt"), single[name], torch.load(root / f"{name}.rank1.pt")) for name in CASES}
 
 
 def largest_difference(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> float:
@@ -103,17 +105,33 @@ def largest_difference(first: dict[str, torch.Tensor], second: dict[str, torch.T
     return max((first[name] - second[name]).abs().max().item() for name in first)
 
 
-@pytest.mark.parametrize("case", [name for name in CASES if not name.endswith("_local")])
+@pytest.mark.parametrize("case", [name for name in CASES if not name.endswith(("_local", "_own"))])
 def test_exact_sync_on_two_processes_takes_the_single_process_steps(runs, case):
-    distributed, single = runs[case]
+    distributed, single, other_rank = runs[case]
     assert largest_difference(distributed, single) < 1e-6
+    assert largest_difference(distributed, other_rank) == 0
 
 
 def test_local_sync_differs_from_the_single_process_mgda(runs):
-    distributed, single = runs["mgda_local"]
-    exact, _ = runs["mgda"]
+    distributed, single, _ = runs["mgda_local"]
+    exact, _, _ = runs["mgda"]
     # Averaging two half-batch MGDA directions is not MGDA of the whole batch.
     assert largest_difference(distributed, single) > 100 * max(largest_difference(exact, single), 1e-7)
+
+
+@pytest.mark.parametrize("case", ["sam_pcgrad_own", "sam_ew_own"])
+def test_sam_along_each_process_own_gradient_keeps_the_processes_in_step(runs, case):
+    distributed, single, other_rank = runs[case]
+    # the perturbation is each process's own, the update at the perturbed weights is shared
+    assert largest_difference(distributed, other_rank) == 0
+    assert largest_difference(distributed, single) > 1e-5
+
+
+def test_sam_sync_local_is_refused_where_the_update_needs_the_clean_gradient():
+    with pytest.raises(ValueError, match=r"sam.sync=local perturbs along each process's own gradient, but GSAM's update"):
+        check_sharpness(GSAM(max_learning_rate=0.1), None, MGDA(2), "local")
+    with pytest.raises(ValueError, match=r"unknown sam.sync 'mine'; valid choices: \['global', 'local'\]"):
+        check_sharpness(None, None, MGDA(2), "mine")
 
 
 def test_one_process_averages_nothing():
