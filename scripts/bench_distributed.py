@@ -24,7 +24,6 @@ import os
 import socket
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -35,24 +34,13 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
+from step_timing import StepTimer, timing_trainer
+
 from mtl.build import build_datamodule_and_module
 from mtl.methods.base import GradientAggregator
 from mtl.train import CONFIG_DIR
 
 RUNS = [("ew", "exact"), ("mgda", "exact"), ("mgda", "local"), ("pcgrad", "exact"), ("pcgrad", "local"), ("upgrad", "exact"), ("upgrad", "local")]
-
-
-class StepTimer(pl.Callback):
-    """Seconds of every training step."""
-
-    def __init__(self) -> None:
-        self.seconds: list[float] = []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.started = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.seconds.append(time.perf_counter() - self.started)
 
 
 def measure(method: str, sync: str, processes: int, args: argparse.Namespace, root: Path) -> dict:
@@ -74,19 +62,7 @@ def measure(method: str, sync: str, processes: int, args: argparse.Namespace, ro
     pl.seed_everything(cfg.seed)
     datamodule, module = build_datamodule_and_module(cfg)
     timer = StepTimer()
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=processes,
-        strategy="ddp" if processes > 1 else "auto",
-        max_steps=args.warmup + args.steps,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer],
-    )
+    trainer = timing_trainer(timer, args.warmup + args.steps, accelerator="cpu", devices=processes, strategy="ddp" if processes > 1 else "auto")
     trainer.fit(module, datamodule=datamodule)
     shared = sum(p.numel() for p in module.model.shared_parameters())
     heads = sum(p.numel() for task in module.tasks for p in module.model.task_parameters(task.name))

@@ -25,14 +25,14 @@ import functools
 import json
 import logging
 import statistics
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
+
+from step_timing import StepTimer, timing_trainer
 
 from mtl.engine import MultiTaskModule
 from mtl.methods.linear import LinearScalarization
@@ -57,26 +57,6 @@ MODES: dict[str, Callable[[], object | None]] = {
 }
 
 
-class StepTimer(pl.Callback):
-    """Seconds of every training step, the device synchronized at both ends."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.seconds: list[float] = []
-
-    def _synchronize(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._synchronize()
-        self.started = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._synchronize()
-        self.seconds.append(time.perf_counter() - self.started)
-
-
 def random_batches(setup: dict, batch_size: int, count: int, device: torch.device) -> list[dict[str, torch.Tensor]]:
     generator = torch.Generator().manual_seed(0)
     batches = []
@@ -99,18 +79,7 @@ def measure(setup_name: str, method: str, mode: str, args: argparse.Namespace) -
     batches = random_batches(setup, args.batch_size, 4, device)
     steps = args.warmup + args.steps
     timer = StepTimer(device)
-    trainer = pl.Trainer(
-        accelerator="gpu" if device.type == "cuda" else "cpu",
-        devices=1,
-        max_steps=steps,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer],
-    )
+    trainer = timing_trainer(timer, steps, accelerator="gpu" if device.type == "cuda" else "cpu", devices=1)
     trainer.fit(module, train_dataloaders=DataLoader([batches[step % len(batches)] for step in range(steps)], batch_size=None))
     result = {"seconds": statistics.median(timer.seconds[args.warmup :])}
     if isinstance(sam, FlatMTL):
