@@ -129,8 +129,10 @@ class MultiTaskModule(pl.LightningModule):
         self.train_metrics, self.val_metrics, self.test_metrics = (
             nn.ModuleDict({task.name: task.metrics() for task in self.tasks}) for _ in STAGES
         )
+        # nan_strategy="disable": no NaN check, which would sync with the device at every step; a
+        # NaN loss then shows in the epoch mean instead of being dropped from it
         self.train_losses, self.val_losses, self.test_losses = (
-            nn.ModuleDict({task.name: MeanMetric() for task in self.tasks}) for _ in STAGES
+            nn.ModuleDict({task.name: MeanMetric(nan_strategy="disable") for task in self.tasks}) for _ in STAGES
         )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
