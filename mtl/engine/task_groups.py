@@ -49,6 +49,7 @@ class TaskGroups:
         self.regroup_every = regroup_every
         self.groups: Groups = []
         self.steps = 0
+        self._matrix: tuple[Groups, Tensor] | None = None
 
     @property
     def clustered(self) -> bool:
@@ -73,12 +74,17 @@ class TaskGroups:
         return all(group == [task] for task, group in enumerate(self.groups))
 
     def matrix(self, like: Tensor) -> Tensor:
-        """The ``(C, K)`` averaging matrix ``A`` with ``like``'s dtype and device."""
+        """The ``(C, K)`` averaging matrix ``A`` with ``like``'s dtype and device, built again only
+        when the groups (every change assigns a new list), the dtype or the device change."""
+        cached = self._matrix
+        if cached is not None and cached[0] is self.groups and cached[1].dtype == like.dtype and cached[1].device == like.device:
+            return cached[1]
         count = sum(len(group) for group in self.groups)
-        averaging = torch.zeros(len(self.groups), count, dtype=like.dtype, device=like.device)
+        averaging = torch.zeros(len(self.groups), count, dtype=like.dtype)
         for row, group in enumerate(self.groups):
             averaging[row, group] = 1.0 / len(group)
-        return averaging
+        self._matrix = (self.groups, averaging.to(like.device))
+        return self._matrix[1]
 
     def due(self) -> bool:
         """Whether this step reclusters; advances the step count."""
