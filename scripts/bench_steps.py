@@ -87,7 +87,7 @@ def aggregator_step(model: nn.Module, tasks: list[Task], method: GradientAggrega
     def gradients() -> None:
         representations, separate = [], []
         for part in parts:
-            representation, predictions = engine.forward(model, part[INPUT_KEY])
+            representation, predictions = engine.forward(model, part[INPUT_KEY], [task.name for task in tasks])
             representations.append(representation)
             separate.append(task_losses(tasks, predictions, part))
         losses = torch.stack([torch.stack(sample) for sample in separate])

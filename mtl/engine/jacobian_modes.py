@@ -7,8 +7,12 @@ passes through the whole graph. For a model with one shared representation ``z =
 
     G[k] = (dz/dθ)ᵀ · dL_k/dz
 
-so the heads are traversed once per task only up to ``z`` (each ``dL_k/dz`` touches head ``k``
-alone), and the encoder is traversed with the ``K`` cotangents ``dL_k/dz``. The modes
+so the heads are traversed once, and the encoder is traversed with the ``K`` cotangents
+``dL_k/dz``. When the model also has ``decode_each`` (each head on its own copy of ``z``), every
+head reads its own leaf copy of ``z``: ONE backward pass of the summed losses through the heads
+then gives every head's own gradient and every task's ``dL_k/dz`` (the gradient that reached its
+copy). A model with ``decode`` alone gets each ``dL_k/dz`` from its task's own loss (head ``k``
+alone) and the heads' gradients from one more pass, so its heads are traversed twice. The modes
 (``jacobian.mode``) differ in how the encoder part is run:
 
 - ``loop``: ``K`` vector-Jacobian products through the encoder, one ``torch.autograd.grad`` each.
@@ -49,6 +53,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -68,6 +73,17 @@ log = logging.getLogger(__name__)
 def has_representation(model: nn.Module) -> bool:
     """Whether ``model`` splits its forward at one shared representation (``encode`` and ``decode``)."""
     return callable(getattr(model, "encode", None)) and callable(getattr(model, "decode", None))
+
+
+@dataclass(frozen=True)
+class Representation:
+    """One sample's shared representation: ``tensor`` is ``z = encode(x)`` in the encoder's graph;
+    ``copies`` are the leaf copies of ``z`` that the heads read, one per task in task order (None
+    when the heads read ``tensor`` itself)."""
+
+    tensor: Tensor
+    copies: tuple[Tensor, ...] | None = None
+
 
 
 class JacobianEngine:
@@ -114,18 +130,24 @@ class JacobianEngine:
                 f"{type(method).__name__} keeps state of the size of the gradients. Use one of {list(EXACT_MODES)} or auto"
             )
 
-    def forward(self, model: nn.Module, inputs: Tensor) -> tuple[Tensor | None, dict[str, Tensor]]:
-        """The shared representation (None for a model without one) and the predictions."""
+    def forward(self, model: nn.Module, inputs: Tensor, task_names: Sequence[str] | None = None) -> tuple[Representation | None, dict[str, Tensor]]:
+        """The shared representation (None for a model without one) and the predictions. Given
+        the ``task_names`` (the order of the losses) and a model with ``decode_each``, each task's
+        head reads its own leaf copy of ``z``."""
         if not has_representation(model):
             return None, model(inputs)
         representation = model.encode(inputs)
-        return representation, model.decode(representation)
+        decode_each = getattr(model, "decode_each", None)
+        if task_names is None or not callable(decode_each):
+            return Representation(representation), model.decode(representation)
+        copies = {name: representation.detach().requires_grad_() for name in task_names}
+        return Representation(representation, tuple(copies.values())), decode_each(copies)
 
     def write_gradients(
         self,
         method: GradientAggregator,
         losses: Tensor,
-        representations: Sequence[Tensor | None],
+        representations: Sequence[Representation | None],
         shared: Sequence[nn.Parameter],
         heads: Sequence[nn.Parameter] = (),
         batch_size: int = 1,
@@ -146,21 +168,23 @@ class JacobianEngine:
         sync = sync or GradientSync()
         if self.mode == "rep" and sync.exact and sync.active:
             raise ValueError("jacobian.mode=rep aggregates gradients of this process's representation; with several processes use distributed.sync=local or an exact jacobian mode")
-        separate = separate if separate is not None else losses
+        backpropagated, own_gradients = self.backward_through_heads(separate if separate is not None else losses, losses, representations, heads)
         if self.groups.due():
-            (jacobian,) = sync.average([self.jacobians(losses, representations, shared, separate).mean(dim=0)], batch_size)
+            ungrouped = self._buffer("ungrouped", (*losses.shape, numel(shared)), shared[0])
+            self._fill_jacobians(ungrouped, backpropagated, shared)
+            (jacobian,) = sync.average([ungrouped.mean(dim=0)], batch_size)
             self.groups.regroup(jacobian)
         averaging = None if self.groups.trivial else self.groups.matrix(losses)
-        group_losses = grouped(losses, averaging)
+        group_losses = grouped(losses, averaging).detach()
         samples, rows_per_sample = group_losses.shape
         width, head_width = numel(shared), numel(heads)
         if sync.exact and self.mode != "rep":
             flat = self._buffer("exact", (samples * rows_per_sample * (width + 1) + head_width + 1,), shared[0])
             rows, head_gradients, row_losses, weight = flat.split([samples * rows_per_sample * width, head_width, samples * rows_per_sample, 1])
             jacobians = rows.view(samples, rows_per_sample, width)
-            self._fill_jacobians(jacobians, separate, losses, representations, shared, averaging)
-            row_losses.copy_(group_losses.detach().flatten())
-            self._fill_head_gradients(head_gradients, losses, heads)
+            self._fill_jacobians(jacobians, backpropagated, shared, averaging)
+            row_losses.copy_(group_losses.flatten())
+            scatter(own_gradients, heads, head_gradients)
             weight.fill_(batch_size)
             sync.average_(flat)
             row_losses = row_losses.view(samples, rows_per_sample)
@@ -168,8 +192,8 @@ class JacobianEngine:
         else:
             flat = self._buffer("local", (width + head_width + 1,), shared[0])
             direction, head_gradients, weight = flat.split([width, head_width, 1])
-            direction.copy_(self._direction(method, losses, separate, representations, shared, averaging))
-            self._fill_head_gradients(head_gradients, losses, heads)
+            direction.copy_(self._direction(method, group_losses, backpropagated, shared, averaging))
+            scatter(own_gradients, heads, head_gradients)
             weight.fill_(batch_size)
             sync.average_(flat)
         set_gradient(shared, direction)
@@ -178,73 +202,89 @@ class JacobianEngine:
     def _direction(
         self,
         method: GradientAggregator,
-        losses: Tensor,
-        separate: Sequence[Sequence[Tensor]],
-        representations: Sequence[Tensor | None],
+        group_losses: Tensor,
+        backpropagated: Sequence[tuple[Tensor, Tensor]],
         shared: Sequence[nn.Parameter],
         averaging: Tensor | None,
     ) -> Tensor:
         """This process's direction ``(P,)`` from its own task gradients, grouped by ``averaging``."""
         if self.mode == "rep":
-            return self._representation_direction(method, losses[0], separate[0], representations[0], shared, averaging)
-        group_losses = grouped(losses, averaging).detach()
+            return self._representation_direction(method, group_losses[0], backpropagated[0], shared, averaging)
         jacobians = self._buffer("jacobian", (*group_losses.shape, numel(shared)), shared[0])
-        self._fill_jacobians(jacobians, separate, losses, representations, shared, averaging)
-        if len(losses) == 1:
+        self._fill_jacobians(jacobians, backpropagated, shared, averaging)
+        if len(group_losses) == 1:
             return method(jacobians[0], group_losses[0])
         return method(jacobians, group_losses)
 
-    def _fill_head_gradients(self, rows: Tensor, losses: Tensor, heads: Sequence[nn.Parameter]) -> None:
-        """``rows`` = the flat gradient of ``sum(losses) / N`` with respect to the heads."""
-        if heads:
-            gradients = torch.autograd.grad(losses.sum() / len(losses), heads, retain_graph=True, allow_unused=True)
-            scatter(gradients, heads, rows)
-
     def jacobians(
-        self, losses: Tensor, representations: Sequence[Tensor | None], shared: Sequence[nn.Parameter], separate: Sequence[Sequence[Tensor]] | None = None
+        self, losses: Tensor, representations: Sequence[Representation | None], shared: Sequence[nn.Parameter], separate: Sequence[Sequence[Tensor]] | None = None
     ) -> Tensor:
         """The Jacobians ``(N, K, P)`` of the losses ``(N, K)`` of ``N`` samples (``separate``: as
         in ``write_gradients``): a view of the reused buffer."""
         buffer = self._buffer("jacobian", (*losses.shape, numel(shared)), shared[0])
-        self._fill_jacobians(buffer, separate if separate is not None else losses, losses, representations, shared)
+        backpropagated, _ = self.backward_through_heads(separate if separate is not None else losses, losses, representations, heads=())
+        self._fill_jacobians(buffer, backpropagated, shared)
         return buffer
 
+    def backward_through_heads(
+        self, separate: Sequence[Sequence[Tensor]], losses: Tensor, representations: Sequence[Representation | None], heads: Sequence[nn.Parameter]
+    ) -> tuple[list[tuple[Tensor, Tensor]], list[Tensor | None]]:
+        """The backward pass down to the shared representations. Returns, for every sample, what
+        the encoder part backpropagates: ``(z, dL_k/dz for every k)``, or on the general path
+        ``(losses, identity)``; and the heads' gradients of the losses' sum over tasks, averaged
+        over the samples (None for a parameter no loss reaches)."""
+        if representations and all(representation is not None and representation.copies is not None for representation in representations):
+            return self._through_head_copies(separate, representations, heads)
+        backpropagated = [self._cotangents(separate[sample], losses[sample], representation, sample) for sample, representation in enumerate(representations)]
+        own_gradients = torch.autograd.grad(losses.sum() / len(losses), heads, retain_graph=True, allow_unused=True) if heads else ()
+        return backpropagated, list(own_gradients)
+
+    def _through_head_copies(
+        self, separate: Sequence[Sequence[Tensor]], representations: Sequence[Representation], heads: Sequence[nn.Parameter]
+    ) -> tuple[list[tuple[Tensor, Tensor]], list[Tensor | None]]:
+        """``backward_through_heads`` for heads that read their own copies of ``z``: one backward pass of
+        all the losses, in which each head is traversed once; the gradient that reaches task
+        ``k``'s copy is ``dL_k/dz``."""
+        copies = [copy for representation in representations for copy in representation.copies]
+        total = sum(loss for sample in separate for loss in sample)
+        gradients = torch.autograd.grad(total, [*copies, *heads], retain_graph=True, allow_unused=True)
+        backpropagated, start = [], 0
+        for sample, representation in enumerate(representations):
+            count = len(representation.copies)
+            rows = self._buffer(f"representation{sample}", (count, *representation.tensor.shape), representation.tensor)
+            copy_rows(gradients[start : start + count], rows)
+            backpropagated.append((representation.tensor, rows))
+            start += count
+        own_gradients = list(gradients[len(copies) :])
+        if len(representations) > 1:
+            own_gradients = [None if gradient is None else gradient / len(representations) for gradient in own_gradients]
+        return backpropagated, own_gradients
+
     def _fill_jacobians(
-        self,
-        buffer: Tensor,
-        separate: Sequence[Sequence[Tensor]],
-        losses: Tensor,
-        representations: Sequence[Tensor | None],
-        shared: Sequence[nn.Parameter],
-        averaging: Tensor | None = None,
+        self, buffer: Tensor, backpropagated: Sequence[tuple[Tensor, Tensor]], shared: Sequence[nn.Parameter], averaging: Tensor | None = None
     ) -> None:
         """``buffer[n]`` = the Jacobian of sample ``n``, its rows averaged over groups of tasks by
         ``averaging (C, K)`` when given (``C`` backward passes through the encoder instead of ``K``)."""
-        for sample, representation in enumerate(representations):
-            outputs, cotangents = self._cotangents(separate[sample], losses[sample], representation, sample)
+        for rows, (outputs, cotangents) in zip(buffer, backpropagated):
             if averaging is not None:
                 cotangents = torch.tensordot(averaging, cotangents, dims=1)
-            self._fill(buffer[sample], outputs, cotangents, shared)
+            self._fill(rows, outputs, cotangents, shared)
 
-    def representation_gradients(self, losses: Sequence[Tensor], representation: Tensor, sample: int = 0) -> Tensor:
-        """``dL_k/dz`` for every task, ``(K, *z.shape)``: one gradient per task loss, through that
-        task's head alone when the losses are separate tensors (not entries of a stacked one)."""
+    def _representation_gradients(self, losses: Sequence[Tensor], representation: Tensor, sample: int = 0) -> Tensor:
+        """``dL_k/dz`` for every task, ``(K, *z.shape)``, for heads that read ``z`` itself: one
+        gradient per task loss, through that task's head alone when the losses are separate tensors
+        (not entries of a stacked one)."""
         rows = self._buffer(f"representation{sample}", (len(losses), *representation.shape), representation)
-        for row, loss in zip(rows, losses):
-            (gradient,) = torch.autograd.grad(loss, representation, retain_graph=True, allow_unused=True)
-            if gradient is None:
-                row.zero_()
-            else:
-                row.copy_(gradient)
+        copy_rows([torch.autograd.grad(loss, representation, retain_graph=True, allow_unused=True)[0] for loss in losses], rows)
         return rows
 
-    def _cotangents(self, separate: Sequence[Tensor], losses: Tensor, representation: Tensor | None, sample: int) -> tuple[Tensor, Tensor]:
+    def _cotangents(self, separate: Sequence[Tensor], losses: Tensor, representation: Representation | None, sample: int) -> tuple[Tensor, Tensor]:
         """What to backpropagate to the shared parameters: the representation with the per-task
         ``dL_k/dz`` (from the ``separate`` losses), or (general path) the stacked losses with the
         rows of the identity."""
         if representation is None:
             return losses, self._identity(len(losses), losses)
-        return representation, self.representation_gradients(separate, representation, sample)
+        return representation.tensor, self._representation_gradients(separate, representation.tensor, sample)
 
     def _fill(self, rows: Tensor, outputs: Tensor, cotangents: Tensor, shared: Sequence[nn.Parameter]) -> None:
         """``rows[k] = vec((d outputs/dθ)ᵀ · cotangents[k])`` in the engine's exact mode."""
@@ -296,14 +336,15 @@ class JacobianEngine:
         return choice
 
     def _representation_direction(
-        self, method: GradientAggregator, losses: Tensor, separate: Sequence[Tensor], representation: Tensor, shared: Sequence[nn.Parameter], averaging: Tensor | None
+        self, method: GradientAggregator, losses: Tensor, backpropagated: tuple[Tensor, Tensor], shared: Sequence[nn.Parameter], averaging: Tensor | None
     ) -> Tensor:
-        """MGDA-UB: aggregate ``Z (K, B·D)`` (grouped by ``averaging``), backpropagate the direction
-        through the encoder once; flat ``(P,)``."""
-        rows = self.representation_gradients(separate, representation).flatten(start_dim=1)
+        """MGDA-UB: aggregate ``Z (K, B·D)`` (grouped by ``averaging``) at the group ``losses``,
+        backpropagate the direction through the encoder once; flat ``(P,)``."""
+        representation, cotangents = backpropagated
+        rows = cotangents.flatten(start_dim=1)
         if averaging is not None:
             rows = averaging @ rows
-        direction = method(rows, grouped(losses, averaging).detach())
+        direction = method(rows, losses)
         gradients = torch.autograd.grad(representation, shared, grad_outputs=direction.view_as(representation), retain_graph=True, allow_unused=True)
         flat = self._buffer("direction", (numel(shared),), shared[0])
         scatter(gradients, shared, flat)
@@ -345,6 +386,15 @@ def scatter(gradients: Sequence[Tensor | None], parameters: Sequence[nn.Paramete
         else:
             block.copy_(gradient.reshape(block.shape))
         offset += size
+
+
+def copy_rows(gradients: Sequence[Tensor | None], rows: Tensor) -> None:
+    """``rows[k] = gradients[k]``; a gradient of None (the loss does not reach it) writes zeros."""
+    for row, gradient in zip(rows, gradients):
+        if gradient is None:
+            row.zero_()
+        else:
+            row.copy_(gradient)
 
 
 def timed(work: Callable[[], None], device_of: Tensor) -> float:

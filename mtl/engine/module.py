@@ -326,7 +326,7 @@ class MultiTaskModule(pl.LightningModule):
         samples = self.method.independent_samples
         representations, separate = [], []
         for part in split_batch(batch, samples):
-            representation, predictions = self.jacobian.forward(self.model, model_input(part))
+            representation, predictions = self.jacobian.forward(self.model, model_input(part), [task.name for task in self.tasks])
             representations.append(representation)
             separate.append(task_losses(self.tasks, predictions, part))
             if self._recording:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from torch import Tensor, nn
 
@@ -16,7 +16,9 @@ class HardParameterSharing(nn.Module):
     ``encoder`` and ``head`` are factories (Hydra partials): ``encoder(input_shape)`` builds the
     encoder, and ``head(in_features, out_features)`` one head per task, sized by ``task.num_outputs``.
     ``encode``/``decode`` split the forward at the shared representation ``z``, for methods that act
-    on gradients with respect to ``z``.
+    on gradients with respect to ``z``; ``decode_each`` runs each head on its own tensor (the
+    Jacobian engine gives each head a leaf copy of ``z``, so that one backward pass yields every
+    task's gradient with respect to ``z``).
     """
 
     def __init__(
@@ -34,7 +36,11 @@ class HardParameterSharing(nn.Module):
         return self.encoder(x)
 
     def decode(self, z: Tensor) -> dict[str, Tensor]:
-        return {name: head(z) for name, head in self.heads.items()}
+        return self.decode_each({name: z for name in self.heads})
+
+    def decode_each(self, representations: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """``{task: head_task(representations[task])}`` for the tasks named in ``representations``."""
+        return {name: self.head(name)(z) for name, z in representations.items()}
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         return self.decode(self.encode(x))
@@ -51,6 +57,10 @@ class HardParameterSharing(nn.Module):
         return list(layers[-1].parameters(recurse=False))
 
     def task_parameters(self, name: str) -> Iterator[nn.Parameter]:
+        return self.head(name).parameters()
+
+    def head(self, name: str) -> nn.Module:
+        """The head of task ``name``, or an error naming the model's tasks."""
         if name not in self.heads:
             raise KeyError(f"no task named '{name}'; the model's tasks are {list(self.heads)}")
-        return self.heads[name].parameters()
+        return self.heads[name]

@@ -19,7 +19,7 @@ from mtl.methods.double_sampling import MoDo
 from mtl.methods.dual_cone import UPGrad
 from mtl.methods.moco import MoCo
 from mtl.models import MLP, HardParameterSharing, MLPHead, ResNet
-from mtl.tasks import ClassificationTask, stack_losses
+from mtl.tasks import ClassificationTask, stack_losses, task_losses
 from mtl.train import train
 from tests.test_module import one_training_step
 
@@ -70,6 +70,16 @@ class WholeModel(nn.Module):
         return self.inner.task_parameters(name)
 
 
+class HeadsReadingZ(HardParameterSharing):
+    """Hard parameter sharing without ``decode_each``: every head reads ``z`` itself, so the engine
+    takes each ``dL_k/dz`` from its task's own loss."""
+
+    decode_each = None
+
+    def decode(self, z):
+        return {name: head(z) for name, head in self.heads.items()}
+
+
 def mlp_with_dropout():
     return HardParameterSharing(functools.partial(MLP, hidden=(6, 5), dropout=0.3), MLPHead, TASKS, (1, 2, 2))
 
@@ -86,7 +96,12 @@ def general_model():
     return WholeModel(mlp_with_dropout())
 
 
-MODELS = {"dropout": mlp_with_dropout, "batch_norm": resnet_with_batch_norm, "unused": mlp_with_unused_parameter, "general": general_model}
+def heads_reading_z():
+    return HeadsReadingZ(functools.partial(MLP, hidden=(6, 5), dropout=0.3), MLPHead, TASKS, (1, 2, 2))
+
+
+MODELS = {"dropout": mlp_with_dropout, "batch_norm": resnet_with_batch_norm, "unused": mlp_with_unused_parameter, "general": general_model, "heads_reading_z": heads_reading_z}
+NAMES = [task.name for task in TASKS]
 
 
 def make(model_name, seed=0):
@@ -115,7 +130,7 @@ def reference_jacobian(model, data, seed=2):
 
 def engine_jacobian(engine, model, data, seed=2):
     torch.manual_seed(seed)
-    representation, predictions = engine.forward(model, data["input"])
+    representation, predictions = engine.forward(model, data["input"], NAMES)
     losses = stack_losses(TASKS, predictions, data)
     return engine.jacobians(losses[None], [representation], shared(model))[0]
 
@@ -140,20 +155,28 @@ def test_batched_chunks_give_the_same_jacobian(chunk):
     assert torch.allclose(engine_jacobian(JacobianEngine("batched", chunk), model, data), expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("model_name", ["dropout", "batch_norm"])
-def test_the_representation_gradients_are_each_task_gradient_with_respect_to_z(model_name):
+@pytest.mark.parametrize("model_name", ["dropout", "batch_norm", "heads_reading_z"])
+def test_the_backward_through_the_heads_gives_each_task_gradient_with_respect_to_z_and_the_heads_gradients(model_name):
     model, data = make(model_name), batch(model_name)
     reference = copy.deepcopy(model)
     torch.manual_seed(2)
     representation = reference.encode(data["input"]).detach().requires_grad_()
     losses = stack_losses(TASKS, reference.decode(representation), data)
     expected = torch.stack([torch.autograd.grad(loss, representation, retain_graph=True)[0] for loss in losses])
+    heads = [parameter for name in NAMES for parameter in reference.task_parameters(name)]
+    expected_heads = torch.autograd.grad(losses.sum(), heads)
 
     engine = JacobianEngine("rep")
     torch.manual_seed(2)
-    representation, predictions = engine.forward(model, data["input"])
-    rows = engine.representation_gradients(stack_losses(TASKS, predictions, data), representation)
+    representation, predictions = engine.forward(model, data["input"], NAMES)
+    assert (representation.copies is None) == (model_name == "heads_reading_z")
+    separate = task_losses(TASKS, predictions, data)
+    heads = [parameter for name in NAMES for parameter in model.task_parameters(name)]
+    [(outputs, rows)], head_gradients = engine.backward_through_heads([separate], torch.stack(separate)[None], [representation], heads)
+    assert outputs is representation.tensor
     assert torch.allclose(rows, expected, atol=1e-7)
+    for gradient, target in zip(head_gradients, expected_heads):
+        assert torch.allclose(gradient, target, atol=1e-7)
 
 
 @pytest.mark.parametrize("mode", ["batched", "auto"])
@@ -321,13 +344,36 @@ def test_rep_mode_refuses_aggregators_whose_state_has_the_size_of_the_gradients(
         JacobianEngine(mode="rep").check(HardParameterSharing(MLP, MLPHead, [ClassificationTask("a", 2)], (1, 2, 2)), MoCo(1))
 
 
-@pytest.mark.parametrize("mode", ["loop", "batched", "rep"])
-def test_each_task_gradient_runs_the_backward_of_its_own_head_only(mode):
-    module, counts = step_module(mode, MeanOfRows(len(TASKS))), collections.Counter()
+def count_gradients_reaching_each_head(module):
+    """A Counter of the gradients that reach each head's output, updated as the model runs."""
+    counts = collections.Counter()
+
+    def watch(name):
+        def hook(_module, _inputs, output):
+            output.register_hook(lambda _: counts.update([name]))
+
+        return hook
+
     for name, head in module.model.heads.items():
-        head.register_full_backward_hook(lambda *_, name=name: counts.update([name]))
+        head.register_forward_hook(watch(name))
+    return counts
+
+
+@pytest.mark.parametrize("mode", ["loop", "batched", "rep"])
+def test_one_backward_pass_per_head_gives_the_heads_gradients_and_every_dl_dz(mode):
+    module = step_module(mode, MeanOfRows(len(TASKS)))
+    counts = count_gradients_reaching_each_head(module)
     one_training_step(module, batch("dropout"))
-    # The hook fires when the gradient with respect to a head's input z is computed: once, for
-    # dL_k/dz (the heads' own gradients stop at their parameters); K times if every dL_k/dz ran
-    # every head.
+    # Each head reads its own copy of z, so one backward pass of the summed losses reaches every
+    # head once; a dL_k/dz from an entry of the stacked losses would reach every head K times.
     assert counts == {task.name: 1 for task in TASKS}
+
+
+@pytest.mark.parametrize("mode", ["loop", "batched", "rep"])
+def test_heads_reading_z_itself_each_run_one_pass_for_dl_dz_and_one_for_their_gradients(mode):
+    torch.manual_seed(0)
+    model = HeadsReadingZ(functools.partial(MLP, hidden=(5,)), MLPHead, TASKS, (1, 2, 2))
+    module = MultiTaskModule(model, TASKS, MeanOfRows(len(TASKS)), optimizer=functools.partial(torch.optim.SGD, lr=LR), jacobian=JacobianEngine(mode))
+    counts = count_gradients_reaching_each_head(module)
+    one_training_step(module, batch("dropout"))
+    assert counts == {task.name: 2 for task in TASKS}

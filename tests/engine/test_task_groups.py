@@ -31,7 +31,7 @@ def engine_step(engine, model_name, rows):
     model, data = make(model_name), batch(model_name)
     recorder = Recorder(rows)
     torch.manual_seed(2)
-    representation, predictions = engine.forward(model, data["input"])
+    representation, predictions = engine.forward(model, data["input"], NAMES)
     losses = stack_losses(TASKS, predictions, data)
     heads = [p for name in NAMES for p in model.task_parameters(name)]
     engine.write_gradients(recorder, losses[None], [representation], shared(model), heads)
