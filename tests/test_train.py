@@ -122,3 +122,8 @@ def test_baselines_give_delta_m_in_the_results_and_to_the_sweeper(tiny_config):
 def test_baselines_missing_a_metric_are_refused_before_training(tiny_config):
     with pytest.raises(ValueError, match=r"the baselines lack \['right/accuracy'\]"):
         train(tiny_config(["baselines={left: {accuracy: 0.5}, right: {loss: 1.0}}"]))
+
+
+def test_a_single_task_run_selects_its_checkpoint_on_the_trained_task(tiny_config):
+    assert tiny_config(["method=stl", "method.task=right"]).callbacks.model_checkpoint.monitor == "val/right/accuracy"
+    assert tiny_config(["method=pcgrad"]).callbacks.model_checkpoint.monitor == "val/mean/accuracy"
