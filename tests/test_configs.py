@@ -60,3 +60,36 @@ def test_an_unknown_option_names_it_and_lists_the_valid_ones(tmp_path):
 def test_an_unknown_key_is_named(tmp_path):
     with pytest.raises(ConfigCompositionException, match="Could not override 'trainer.max_epoch'"):
         compose_config(["trainer.max_epoch=3"], tmp_path / "run")
+
+
+def learning_rates(cfg, epochs):
+    """The learning rate of each training epoch under the config's optimizer and scheduler."""
+    optimizer = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
+    scheduler = instantiate(cfg.scheduler)(optimizer)
+    rates = []
+    for _ in range(epochs):
+        rates.append(optimizer.param_groups[0]["lr"])
+        scheduler.step()  # once per epoch, at its end, as MultiTaskModule does
+    return rates
+
+
+def test_the_sener_koltun_protocol_has_their_schedule_input_and_network(tmp_path):
+    cfg = compose_config(["experiment=multimnist_sener_koltun"], tmp_path / "run")
+    rates = learning_rates(cfg, cfg.trainer.max_epochs)
+    # their code multiplies the lr by 0.85 at the start of every epoch with (epoch + 1) % 10 == 0
+    expected = [0.05 * 0.85 ** ((epoch + 1) // 10) for epoch in range(100)]
+    assert rates == pytest.approx(expected)
+    assert (cfg.data.batch_size, cfg.optimizer.momentum, cfg.optimizer._target_) == (256, 0.9, "torch.optim.SGD")
+    datamodule, module = build_datamodule_and_module(cfg)
+    assert datamodule.input_shape == (1, 28, 28)
+    assert module.model.encoder.projection[0].in_features == 320
+
+
+def test_the_pareto_mtl_protocol_has_their_schedule_and_network(tmp_path):
+    cfg = compose_config(["experiment=multimnist_pareto_mtl"], tmp_path / "run")
+    rates = learning_rates(cfg, cfg.trainer.max_epochs)
+    assert rates == pytest.approx([1e-3 * 0.5 ** sum(epoch >= m for m in (15, 30, 45, 60, 75, 90)) for epoch in range(100)])
+    _, module = build_datamodule_and_module(cfg)
+    # conv 9x9 1->10 (820), conv 5x5 10->20 (5,020), Linear 500->50 (25,050); heads Linear 50->10 (510 each)
+    assert sum(p.numel() for p in module.model.shared_parameters()) == 820 + 5020 + 25050
+    assert [sum(p.numel() for p in module.model.task_parameters(name)) for name in ("left", "right")] == [510, 510]

@@ -138,6 +138,29 @@ def test_multimnist_from_the_shared_test_set(shared_mnist, tmp_path):
     assert torch.allclose(image, expected, atol=1e-3)
 
 
+def test_multimnist_as_sener_and_koltun_build_it(shared_mnist, tmp_path):
+    # Their loader: left digit at [0:28, 0:28], right at [6:34, 6:34] of a 36x36 canvas (brighter
+    # pixel wins), resized to 28x28 by nearest neighbour, normalized with MNIST's mean and std.
+    normalize = {"mean": 0.1307, "std": 0.3081}
+    data = built(MultiMNIST(shared_mnist, tmp_path, splits_from="test_set", download=False, right_offset=6, image_size=28, normalize=normalize))
+    digits = torch.from_numpy(read_idx(shared_mnist / "t10k-images-idx3-ubyte.gz").copy()).float()
+    assert data.input_shape == (1, 28, 28)
+    assert data.splits["train"].inputs.shape[1:] == (1, 28, 28)
+    left, right = data.sources["test"][0]
+    canvas = torch.zeros(36, 36)
+    canvas[:28, :28] = digits[left]
+    canvas[6:34, 6:34] = torch.maximum(canvas[6:34, 6:34], digits[right])
+    rows = (torch.arange(28) * 36 / 28).floor().long()  # nearest neighbour picks source pixel floor(i * 36 / 28)
+    expected = (canvas[rows][:, rows] / 255 - normalize["mean"]) / normalize["std"]
+    assert torch.allclose(data.splits["test"].inputs[0, 0], expected, atol=1e-5)
+
+
+def test_a_right_offset_outside_the_canvas_is_refused_with_the_valid_range():
+    digits = torch.zeros(3, 2, 2, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="right_offset 2 puts the right digit .* valid offsets: 0 to 1"):
+        compose_pairs(digits, torch.tensor([7, 8, 9]), torch.tensor([0, 1, 2]), 1, 3, torch.Generator().manual_seed(0), right_offset=2)
+
+
 def test_multimnist_rejects_a_file_with_the_wrong_md5(shared_mnist, tmp_path):
     root = tmp_path / "mnist"
     root.mkdir()

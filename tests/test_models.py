@@ -24,9 +24,13 @@ def test_hard_sharing_outputs_one_prediction_per_task(encoder, input_shape, out_
     assert {name: tuple(output.shape) for name, output in outputs.items()} == {"left": (5, 10), "right": (5, 3)}
 
 
-def test_lenet_flattens_a_36x36_canvas_to_720_features():
+def test_lenet_flattens_to_the_published_feature_counts():
     # 36 -conv5-> 32 -pool-> 16 -conv5-> 12 -pool-> 6: 20 channels * 6 * 6 = 720 (Sener & Koltun's Multi-LeNet).
     assert LeNet((1, 36, 36)).projection[0].in_features == 720
+    # Sener & Koltun's canvases resized to 28x28: 28 -> 24 -> 12 -> 8 -> 4, 20 * 4 * 4 = 320 as in their code.
+    assert LeNet((1, 28, 28)).projection[0].in_features == 320
+    # Pareto MTL's LeNet: 36 -conv9-> 28 -pool-> 14 -conv5-> 10 -pool-> 5, 20 * 5 * 5 = 500.
+    assert LeNet((1, 36, 36), kernel_size=[9, 5]).projection[0].in_features == 500
 
 
 def test_lenet_on_a_too_small_canvas_says_so():

@@ -1,6 +1,7 @@
 """MultiMNIST (Sener & Koltun, "Multi-Task Learning as Multi-Objective Optimization", NeurIPS 2018,
 arXiv:1810.04650): two MNIST digits on a 36x36 canvas, one shifted up-left and one down-right;
-tasks ``left`` and ``right`` (10 classes each).
+tasks ``left`` and ``right`` (10 classes each). ``right_offset``, ``image_size`` and ``normalize``
+(``mtl.data.overlay``) reproduce their loader exactly (``experiment=multimnist_sener_koltun``).
 
 ``splits_from`` chooses the source digits:
 
@@ -41,6 +42,9 @@ class MultiMNIST(TwoDigitOverlay):
         splits_from: str = "official",
         download: bool = False,
         canvas_size: int = 36,
+        right_offset: int | None = None,
+        image_size: int | None = None,
+        normalize: dict[str, float] | None = None,
         val_fraction: float = 1 / 6,
         pool_fractions: dict[str, float] | None = None,
         pairs_per_digit: dict[str, int] | None = None,
@@ -51,7 +55,7 @@ class MultiMNIST(TwoDigitOverlay):
         shuffle_seed: int = 0,
     ) -> None:
         pairs_per_digit = pairs_per_digit or {"train": 1, "val": 1, "test": 1}
-        super().__init__(cache_dir, canvas_size, pairs_per_digit, batch_size, eval_batch_size, num_workers, seed, shuffle_seed)
+        super().__init__(cache_dir, canvas_size, pairs_per_digit, batch_size, eval_batch_size, num_workers, seed, shuffle_seed, right_offset, image_size, normalize)
         if splits_from not in SPLIT_SOURCES:
             raise ValueError(f"data.splits_from={splits_from!r} is not one of {list(SPLIT_SOURCES)}")
         self.root = Path(root)
@@ -73,6 +77,7 @@ class MultiMNIST(TwoDigitOverlay):
             "seed": self.seed,
             "splits_from": self.splits_from,
             "canvas_size": self.canvas_size,
+            "right_offset": self.right_offset,
             "val_fraction": self.val_fraction if self.splits_from == "official" else None,
             "pool_fractions": self.pool_fractions if self.splits_from == "test_set" else None,
             "pairs_per_digit": self.pairs_per_digit,

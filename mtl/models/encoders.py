@@ -39,16 +39,19 @@ class LeNet(Encoder):
 
     ``conv 5x5 (10) → maxpool 2 → ReLU → conv 5x5 (20) → dropout2d → maxpool 2 → ReLU → flatten →
     Linear (50) → ReLU``. The flattened size follows from ``input_shape`` (720 for 36x36).
+    ``kernel_size`` is one size for both convolutions or one each: Pareto MTL's LeNet (Lin et al.
+    2019, arXiv:1912.12854) is ``kernel_size=[9, 5]``, ``dropout=0`` (500 features for 36x36).
     """
 
-    def __init__(self, input_shape: Sequence[int], channels: Sequence[int] = (10, 20), kernel_size: int = 5, features: int = 50, dropout: float = 0.5) -> None:
+    def __init__(self, input_shape: Sequence[int], channels: Sequence[int] = (10, 20), kernel_size: int | Sequence[int] = 5, features: int = 50, dropout: float = 0.5) -> None:
         super().__init__()
         first, second = channels
+        first_kernel, second_kernel = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
         self.convolutions = nn.Sequential(
-            nn.Conv2d(input_shape[0], first, kernel_size),
+            nn.Conv2d(input_shape[0], first, first_kernel),
             nn.MaxPool2d(2),
             nn.ReLU(),
-            nn.Conv2d(first, second, kernel_size),
+            nn.Conv2d(first, second, second_kernel),
             nn.Dropout2d(dropout),
             nn.MaxPool2d(2),
             nn.ReLU(),
