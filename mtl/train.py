@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mtl.build import build_datamodule_and_module, build_trainer
 from mtl.console import print_config_tree, print_results_table
+from mtl.engine.host_memory import retain_freed_host_memory
 from mtl.metrics.delta_m import check_baselines, delta_m
 from mtl.run_files import git_state, nest_metrics, write_json, write_run_files
 
@@ -30,6 +31,8 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one experiment; returns what it writes to ``results.json``."""
     print_config_tree(cfg)
+    if cfg.get("retain_freed_host_memory", True):
+        retain_freed_host_memory()
     pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     datamodule, module = build_datamodule_and_module(cfg)

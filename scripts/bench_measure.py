@@ -39,6 +39,7 @@ import torch
 import bench_peers
 from bench_setups import SETUPS
 from bench_steps import mtl_step
+from mtl.engine.host_memory import retain_freed_host_memory
 from mtl.methods import method_class
 
 PRELOAD = ["__main__", "bench_measure", "torchjd.autojac", "torchjd.aggregation", "torchjd.scalarization"]
@@ -135,6 +136,7 @@ def measure(spec: Spec, fresh_process: bool = True) -> dict:
     cannot be built: the error says why) or ``failed`` (a step raised). CPU memory is measured only
     in a ``fresh_process`` (a used process reuses memory it freed without raising its resident size)."""
     started = time.perf_counter()
+    retain_freed_host_memory()  # as mtl-train does: every column runs with the same allocator settings
     torch.set_num_threads(spec.threads)
     device = torch.device(spec.device)
     setup = SETUPS[spec.setup]
