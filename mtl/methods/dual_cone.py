@@ -15,7 +15,7 @@ vector ``Jᵀu`` onto it is ``Jᵀw`` with
 Both return the mean when no two rows conflict (every row is then in the dual cone), ``g`` for ``K``
 identical rows ``g``, and a zero row contributes nothing. The QP is solved exactly by quadprog, in
 the variables ``|g_k| v_k`` so that its matrix is the matrix of cosines between the rows, with
-eigenvalues floored at ``1e-10`` of the largest (``mtl.methods.mgda.minimize_quadratic_form``):
+eigenvalues floored at ``1e-10`` of the largest (``mtl.methods.mgda.CosineQuadraticForm``):
 ``<d, g_k> >= 0`` holds up to that relative ridge, also for norms 1e6 apart, duplicated rows and
 ``K > P``. There are no hyperparameters.
 
@@ -29,13 +29,14 @@ import torch
 from torch import Tensor
 
 from mtl.methods.base import GramianWeighting, register
-from mtl.methods.mgda import minimize_quadratic_form
+from mtl.methods.mgda import CosineQuadraticForm
 
 
-def dual_cone_projection(gramian: Tensor, preference: Tensor) -> Tensor:
-    """Weights ``w`` with ``Jᵀw`` the projection of ``Jᵀ preference`` onto the dual cone of the rows of ``J``."""
-    identity = torch.eye(len(gramian), dtype=gramian.dtype)
-    return torch.maximum(minimize_quadratic_form(gramian, identity, preference), preference)
+def dual_cone_projection(form: CosineQuadraticForm, preference: Tensor) -> Tensor:
+    """Weights ``w`` with ``Jᵀw`` the projection of ``Jᵀ preference`` onto the dual cone of the rows
+    of ``J``, whose Gramian's quadratic form is ``form``."""
+    identity = torch.eye(len(preference), dtype=preference.dtype)
+    return torch.maximum(form.minimize(identity, preference), preference)
 
 
 @register("upgrad")
@@ -43,8 +44,8 @@ class UPGrad(GramianWeighting):
     """The mean of the projections of every task gradient onto the dual cone of all of them."""
 
     def weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
-        rows = torch.eye(len(gramian), dtype=gramian.dtype)
-        return torch.stack([dual_cone_projection(gramian, row) for row in rows]).mean(dim=0)
+        form, rows = CosineQuadraticForm(gramian), torch.eye(len(gramian), dtype=gramian.dtype)
+        return torch.stack([dual_cone_projection(form, row) for row in rows]).mean(dim=0)
 
 
 @register("dualproj")
@@ -53,4 +54,4 @@ class DualProj(GramianWeighting):
 
     def weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
         mean = torch.full((len(gramian),), 1.0 / len(gramian), dtype=gramian.dtype)
-        return dual_cone_projection(gramian, mean)
+        return dual_cone_projection(CosineQuadraticForm(gramian), mean)

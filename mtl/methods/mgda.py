@@ -56,23 +56,33 @@ def positive_definite(matrix: Tensor) -> np.ndarray:
     return np.ascontiguousarray(((result + result.T) / 2).numpy())
 
 
-def minimize_quadratic_form(gramian: Tensor, constraints: Tensor, bounds: Tensor, equalities: int = 0) -> Tensor:
-    """``argmin_w wᵀ gramian w`` subject to ``constraintsᵀ w >= bounds``, the first ``equalities`` as equalities.
+class CosineQuadraticForm:
+    """The quadratic form ``wᵀ gramian w`` in the variables ``x_k = |g_k| w_k``, whose matrix is the
+    matrix of cosines (rows of any norm weigh alike), made positive definite by
+    ``positive_definite``; prepared once for any number of minimizations (UPGrad solves ``K``)."""
 
-    ``constraints`` is ``(K, M)``, ``bounds`` ``(M,)``. Solved with quadprog in the variables
-    ``x_k = |g_k| w_k``, whose quadratic form is the matrix of cosines (rows of any norm weigh alike),
-    made positive definite by ``positive_definite``.
-    """
-    norms = gramian.diagonal().clamp(min=0).sqrt()
-    norms = torch.where(norms > 0, norms, torch.ones_like(norms))
-    solution = quadprog.solve_qp(
-        positive_definite(gramian / torch.outer(norms, norms)),
-        np.zeros(len(gramian)),
-        np.ascontiguousarray((constraints / norms[:, None]).numpy()),
-        np.ascontiguousarray(bounds.numpy()),
-        equalities,
-    )[0]
-    return torch.from_numpy(solution).to(gramian.dtype) / norms
+    def __init__(self, gramian: Tensor) -> None:
+        norms = gramian.diagonal().clamp(min=0).sqrt()
+        self.norms = torch.where(norms > 0, norms, torch.ones_like(norms))
+        self.matrix = positive_definite(gramian / torch.outer(self.norms, self.norms))
+        self.dtype = gramian.dtype
+
+    def minimize(self, constraints: Tensor, bounds: Tensor, equalities: int = 0) -> Tensor:
+        """``argmin_w wᵀ gramian w`` subject to ``constraintsᵀ w >= bounds``, the first ``equalities``
+        as equalities; ``constraints`` is ``(K, M)``, ``bounds`` ``(M,)``. Solved with quadprog."""
+        solution = quadprog.solve_qp(
+            self.matrix,
+            np.zeros(len(self.matrix)),
+            np.ascontiguousarray((constraints / self.norms[:, None]).numpy()),
+            np.ascontiguousarray(bounds.numpy()),
+            equalities,
+        )[0]
+        return torch.from_numpy(solution).to(self.dtype) / self.norms
+
+
+def minimize_quadratic_form(gramian: Tensor, constraints: Tensor, bounds: Tensor, equalities: int = 0) -> Tensor:
+    """``argmin_w wᵀ gramian w`` subject to ``constraintsᵀ w >= bounds`` (``CosineQuadraticForm``)."""
+    return CosineQuadraticForm(gramian).minimize(constraints, bounds, equalities)
 
 
 def min_norm_weights(gramian: Tensor) -> Tensor:

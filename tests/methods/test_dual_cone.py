@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mtl.methods.dual_cone import dual_cone_projection
+from mtl.methods.mgda import CosineQuadraticForm
 from tests.methods.conftest import conflicting_jacobian, random_jacobian
 
 JACOBIANS = {
@@ -38,7 +39,7 @@ def test_projections_satisfy_their_optimality_conditions(case):
     norms = gramian.diagonal().sqrt()
     preferences = [*torch.eye(size, dtype=torch.float64), torch.full((size,), 1.0 / size, dtype=torch.float64)]
     for preference in preferences:
-        weights = dual_cone_projection(gramian, preference)
+        weights = dual_cone_projection(CosineQuadraticForm(gramian), preference)
         # <d, g_k> relative to |g_k| and to the length of the projected vector Jᵀu (d itself may be 0)
         products = gramian @ weights / (norms * (preference @ gramian @ preference).sqrt())
         assert (weights >= preference).all()
