@@ -6,8 +6,8 @@ size. Inputs and labels are random (step time and memory do not depend on their 
 and the initial weights are seeded, so every measurement of a setup, ``mtl``'s and the peers',
 sees the same model and the same batch.
 
-- ``mlp-k10``, ``mlp-k40``: an MLP encoder (3×512) on 784-dimensional inputs, 10 or 40 ten-class
-  linear heads, batch 256.
+- ``mlp-k10``, ``mlp-k40``: an MLP encoder (3×512) on 784-dimensional inputs, 10 or 40 binary
+  linear heads (two-class cross-entropy), batch 256.
 - ``lenet-k2``: Multi-LeNet (Sener & Koltun 2018) on 1×36×36 inputs (MultiMNIST-shaped), 2
   ten-class heads (one hidden layer of 50, dropout 0.5), batch 256.
 - ``resnet18-k40``: a ResNet-18 encoder on 3×64×64 inputs (CelebA-shaped, as in Sener & Koltun
@@ -62,7 +62,7 @@ class Setup:
 
 def mlp(num_tasks: int) -> Setup:
     encoder = functools.partial(MLP, hidden=(512, 512, 512))
-    return Setup(f"mlp-k{num_tasks}", encoder, MLPHead, num_tasks, 10, (784,), 256)
+    return Setup(f"mlp-k{num_tasks}", encoder, MLPHead, num_tasks, 2, (784,), 256)
 
 
 def lenet() -> Setup:
