@@ -85,7 +85,6 @@ class Representation:
     copies: tuple[Tensor, ...] | None = None
 
 
-
 class JacobianEngine:
     """Computes the task Jacobian (or, in ``rep`` mode, the representation gradients) and writes
     the aggregated direction into the shared parameters' ``.grad``.

@@ -17,11 +17,14 @@ method's whole state. Each class states what it needs (``requires``) and whether
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, ClassVar, TypeVar
 
 import torch
+from threadpoolctl import ThreadpoolController
 from torch import Tensor, nn
 
 REQUIREMENTS = frozenset({"losses", "jacobian", "gramian", "losses_after_step", "last_shared_layer_gradient_norms"})
@@ -113,8 +116,8 @@ class GramianWeighting(GradientAggregator):
 
     The Gramian is formed on the Jacobian's device in float32 (float16 and bfloat16 Jacobians are
     upcast first) and handed to ``weights`` on the CPU in float64, where the small ``(K, K)``
-    solves (numpy, scipy, quadprog) are cheap and accurate. The direction has the Jacobian's
-    device and dtype.
+    solves (numpy, scipy, quadprog) are cheap and accurate. They run on one BLAS thread
+    (``single_threaded_blas``). The direction has the Jacobian's device and dtype.
     """
 
     requires = frozenset({"gramian"})
@@ -126,9 +129,24 @@ class GramianWeighting(GradientAggregator):
     def forward(self, jacobian: Tensor, losses: Tensor) -> Tensor:
         matrix = jacobian if jacobian.dtype in (torch.float32, torch.float64) else jacobian.float()
         gramian = (matrix @ matrix.T).double().cpu()
-        weights = self.weights(gramian, losses.detach().double().cpu())
+        with single_threaded_blas():
+            weights = self.weights(gramian, losses.detach().double().cpu())
         self.last_weights = weights
         return (weights.to(matrix.device, matrix.dtype) @ matrix).to(jacobian.dtype)
+
+
+def single_threaded_blas() -> AbstractContextManager:
+    """NumPy's and SciPy's BLAS on one thread while it is entered. Their OpenBLAS threads keep
+    spinning after a call, on the cores that torch's own threads need next: at ``K = 40`` on two
+    cores that doubled the time of CAGrad's and Nash-MTL's steps around their solves
+    (``BENCHMARKS.md``), and a ``K x K`` problem gains nothing from a second thread."""
+    return blas_threads().limit(limits=1, user_api="blas")
+
+
+@functools.cache
+def blas_threads() -> ThreadpoolController:
+    """The thread pools of the loaded BLAS libraries, found once (a search costs milliseconds)."""
+    return ThreadpoolController()
 
 
 METHODS: dict[str, type[Method]] = {}
