@@ -94,7 +94,12 @@ def metric_value(results: dict[str, Any], name: str | None) -> float | None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    results = train(cfg)
+    try:
+        results = train(cfg)
+    except Exception:
+        # into the run's own log too, where mtl-report finds why a run of a sweep failed
+        log.exception("The run failed")
+        raise
     return metric_value(results, cfg.get("optimized_metric"))
 
 
