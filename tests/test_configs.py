@@ -69,6 +69,7 @@ def learning_rates(cfg, epochs):
     rates = []
     for _ in range(epochs):
         rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()  # the epoch's steps (no gradients: the weights stay)
         scheduler.step()  # once per epoch, at its end, as MultiTaskModule does
     return rates
 
