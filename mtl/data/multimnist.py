@@ -1,7 +1,8 @@
 """MultiMNIST (Sener & Koltun, "Multi-Task Learning as Multi-Objective Optimization", NeurIPS 2018,
 arXiv:1810.04650): two MNIST digits on a 36x36 canvas, one shifted up-left and one down-right;
 tasks ``left`` and ``right`` (10 classes each). ``right_offset``, ``image_size`` and ``normalize``
-(``mtl.data.overlay``) reproduce their loader exactly (``experiment=multimnist_sener_koltun``).
+(``mtl.data.overlay``) reproduce their loader's placement, resizing and normalization
+(``experiment=multimnist_sener_koltun``).
 
 ``splits_from`` chooses the source digits:
 
