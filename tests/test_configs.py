@@ -89,7 +89,8 @@ def test_the_sener_koltun_protocol_has_their_schedule_input_and_network(tmp_path
 def test_the_pareto_mtl_protocol_has_their_schedule_and_network(tmp_path):
     cfg = compose_config(["experiment=multimnist_pareto_mtl"], tmp_path / "run")
     rates = learning_rates(cfg, cfg.trainer.max_epochs)
-    assert rates == pytest.approx([1e-3 * 0.5 ** sum(epoch >= m for m in (15, 30, 45, 60, 75, 90)) for epoch in range(100)])
+    # their MultiStepLR([15, 30, ..., 90]) steps before each epoch: epoch e trains at the rate after e + 1 steps
+    assert rates == pytest.approx([1e-3 * 0.5 ** sum(epoch + 1 >= m for m in (15, 30, 45, 60, 75, 90)) for epoch in range(100)])
     _, module = build_datamodule_and_module(cfg)
     # conv 9x9 1->10 (820), conv 5x5 10->20 (5,020), Linear 500->50 (25,050); heads Linear 50->10 (510 each)
     assert sum(p.numel() for p in module.model.shared_parameters()) == 820 + 5020 + 25050

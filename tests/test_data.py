@@ -150,7 +150,7 @@ def test_multimnist_as_sener_and_koltun_build_it(shared_mnist, tmp_path):
     canvas = torch.zeros(36, 36)
     canvas[:28, :28] = digits[left]
     canvas[6:34, 6:34] = torch.maximum(canvas[6:34, 6:34], digits[right])
-    rows = (torch.arange(28) * 36 / 28).floor().long()  # nearest neighbour picks source pixel floor(i * 36 / 28)
+    rows = ((torch.arange(28) + 0.5) * 36 / 28).floor().long()  # PIL's nearest neighbour (scipy.misc.imresize)
     expected = (canvas[rows][:, rows] / 255 - normalize["mean"]) / normalize["std"]
     assert torch.allclose(data.splits["test"].inputs[0, 0], expected, atol=1e-5)
 

@@ -78,10 +78,11 @@ class MultiMNIST(TwoDigitOverlay):
             "seed": self.seed,
             "splits_from": self.splits_from,
             "canvas_size": self.canvas_size,
-            "right_offset": self.right_offset,
             "val_fraction": self.val_fraction if self.splits_from == "official" else None,
             "pool_fractions": self.pool_fractions if self.splits_from == "test_set" else None,
             "pairs_per_digit": self.pairs_per_digit,
+            # only when set, so that the caches of the default placement keep their keys
+            **({"right_offset": self.right_offset} if self.right_offset is not None else {}),
         }
 
     def generate(self) -> dict[str, torch.Tensor]:

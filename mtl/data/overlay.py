@@ -140,7 +140,8 @@ class TwoDigitOverlay(MultiTaskDataModule):
         ``image_size`` (nearest neighbour) and normalized when asked."""
         images = canvases.float() / self.pixel_levels
         if self.image_size is not None and self.image_size != self.canvas_size:
-            images = F.interpolate(images, size=(self.image_size, self.image_size), mode="nearest")
+            # "nearest-exact" samples pixel floor((i + 0.5) * scale), as PIL's nearest resize does
+            images = F.interpolate(images, size=(self.image_size, self.image_size), mode="nearest-exact")
         if self.normalize is not None:
             images = (images - self.normalize["mean"]) / self.normalize["std"]
         return images

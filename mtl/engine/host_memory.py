@@ -11,14 +11,14 @@ time of the heads' backward pass at ``K = 40`` (``BENCHMARKS.md``).
 ``retain_freed_host_memory`` raises both thresholds once (``mallopt``): blocks up to 32 MiB come
 from the heap, and the heap is never trimmed, so freed memory is reused by the next step. This is
 what PyTorch's caching allocator does for GPU memory; the process keeps the memory of its largest
-step. Elsewhere than on glibc (macOS, musl) it does nothing. ``mtl-train`` calls it unless
-``retain_freed_host_memory=false``.
+step (more if steps of varied sizes fragment the heap), and DataLoader workers forked after the
+call inherit the setting. Elsewhere than on glibc (macOS, musl) it does nothing. ``mtl-train``
+calls it unless ``retain_freed_host_memory=false``.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import platform
 
@@ -36,7 +36,7 @@ def retain_freed_host_memory() -> bool:
     """Make glibc's ``malloc`` keep freed memory for reuse; whether it could (False off glibc)."""
     if platform.libc_ver()[0] != "glibc":
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc = ctypes.CDLL(None)  # the running process's symbols, glibc's among them
     applied = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)) and bool(libc.mallopt(M_TRIM_THRESHOLD, NEVER_TRIM))
     if not applied:
         log.warning("glibc's mallopt refused the thresholds; freed host memory goes back to the system")

@@ -7,8 +7,8 @@ passes through the whole graph. For a model with one shared representation ``z =
 
     G[k] = (dz/dθ)ᵀ · dL_k/dz
 
-so the heads are traversed once, and the encoder is traversed with the ``K`` cotangents
-``dL_k/dz``. When the model also has ``decode_each`` (each head on its own copy of ``z``), every
+so each ``dL_k/dz`` needs the heads alone, and the encoder is traversed with the ``K``
+cotangents ``dL_k/dz``. When the model also has ``decode_each`` (each head on its own copy of ``z``), every
 head reads its own leaf copy of ``z``: ONE backward pass of the summed losses through the heads
 then gives every head's own gradient and every task's ``dL_k/dz`` (the gradient that reached its
 copy). A model with ``decode`` alone gets each ``dL_k/dz`` from its task's own loss (head ``k``

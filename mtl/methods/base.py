@@ -139,7 +139,8 @@ def single_threaded_blas() -> AbstractContextManager:
     """NumPy's and SciPy's BLAS on one thread while it is entered. Their OpenBLAS threads keep
     spinning after a call, on the cores that torch's own threads need next: at ``K = 40`` on two
     cores that doubled the time of CAGrad's and Nash-MTL's steps around their solves
-    (``BENCHMARKS.md``), and a ``K x K`` problem gains nothing from a second thread."""
+    (``BENCHMARKS.md``), and a ``K x K`` problem gains nothing from a second thread. The BLAS
+    libraries are those loaded at the first call (``import mtl.methods`` loads every method's)."""
     return blas_threads().limit(limits=1, user_api="blas")
 
 

@@ -18,7 +18,8 @@ class HardParameterSharing(nn.Module):
     ``encode``/``decode`` split the forward at the shared representation ``z``, for methods that act
     on gradients with respect to ``z``; ``decode_each`` runs each head on its own tensor (the
     Jacobian engine gives each head a leaf copy of ``z``, so that one backward pass yields every
-    task's gradient with respect to ``z``).
+    task's gradient with respect to ``z``). ``decode`` calls ``decode_each``: a subclass that
+    changes how the heads read ``z`` overrides ``decode_each``, which training uses.
     """
 
     def __init__(
