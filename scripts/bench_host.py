@@ -24,12 +24,12 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from unittest import mock
 
 import torch
 
+from bench_measure import step_timings
 from bench_setups import SETUPS
 from bench_steps import mtl_step
 
@@ -47,13 +47,7 @@ def median_step_ms(setup_name: str, method_name: str, mode: str | None, warmup: 
     batch = setup.batch(setup.batch_size, torch.device("cpu"))
     method = None if method_name == "ew" else METHODS[method_name](len(tasks))
     step, _ = mtl_step(model, tasks, method, mode or "ew", batch)
-    timings = []
-    for index in range(warmup + steps):
-        started = time.perf_counter()
-        step()
-        if index >= warmup:
-            timings.append(time.perf_counter() - started)
-    return 1e3 * statistics.median(timings)
+    return 1e3 * statistics.median(step_timings(step, warmup, steps, torch.device("cpu")))
 
 
 def blas_pair(args: argparse.Namespace, method_name: str, mode: str | None) -> tuple[float, float]:

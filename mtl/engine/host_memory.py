@@ -5,8 +5,8 @@ glibc's ``malloc`` serves blocks of 128 KiB and more by ``mmap`` and returns the
 when they are freed, and trims the heap whenever more than a few hundred KiB at its top are free.
 A training step allocates and frees the same tensors at every step (activations, gradients, the
 ``K`` gradients ``dL_k/dz`` of the Jacobian engine), so each step maps them again and the kernel
-zero-fills every page on first touch. On the 2-core development machine that is a third of the
-time of the heads' backward pass at ``K = 40`` (``BENCHMARKS.md``).
+zero-fills every page on first touch (``scripts/bench_host.py`` measures the effect on whole
+steps; ``BENCHMARKS.md``).
 
 ``retain_freed_host_memory`` raises both thresholds once (``mallopt``): blocks up to 32 MiB come
 from the heap, and the heap is never trimmed, so freed memory is reused by the next step. This is

@@ -169,7 +169,8 @@ class JacobianEngine:
             raise ValueError("jacobian.mode=rep aggregates gradients of this process's representation; with several processes use distributed.sync=local or an exact jacobian mode")
         backpropagated, own_gradients = self.backward_through_heads(separate if separate is not None else losses, losses, representations, heads)
         if self.groups.due():
-            ungrouped = self._buffer("ungrouped", (*losses.shape, numel(shared)), shared[0])
+            # every regroup_every steps only: not worth keeping a second (N, K, P) buffer for
+            ungrouped = torch.empty((*losses.shape, numel(shared)), dtype=shared[0].dtype, device=shared[0].device)
             self._fill_jacobians(ungrouped, backpropagated, shared)
             (jacobian,) = sync.average([ungrouped.mean(dim=0)], batch_size)
             self.groups.regroup(jacobian)

@@ -1,0 +1,95 @@
+"""Where the time of a ``jacobian.mode=rep`` step goes, part by part, beside EW's step.
+
+On a ``bench_setups`` setup (default mlp-k40), with the host settings ``mtl-train`` applies, the
+median time of: EW's whole step; the rep step's forward (heads reading their copies of ``z``);
+its one backward pass through the heads to every ``dL_k/dz`` and the heads' parameters; the same
+heads' backward in EW's step (one ``dL/dz``, accumulated); the Gramian of ``Z (K, B·D)``; each
+method's aggregation of ``Z``; the encoder's backward of one direction. Also UPGrad's weights with
+its matrix prepared once per step (``CosineQuadraticForm``) beside once per QP
+(``minimize_quadratic_form`` for each row), on the same Gramian.
+
+    python scripts/profile_rep_step.py --setup mlp-k40
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+
+from bench_measure import step_timings
+from bench_setups import SETUPS
+from bench_steps import mtl_step
+
+from mtl.engine.host_memory import retain_freed_host_memory
+from mtl.engine.jacobian_modes import JacobianEngine
+from mtl.methods import METHODS
+from mtl.methods.dual_cone import UPGrad
+from mtl.methods.mgda import minimize_quadratic_form
+from mtl.tasks import INPUT_KEY, task_losses
+
+METHOD_NAMES = ("mgda", "pcgrad", "cagrad", "nash_mtl", "imtl_g", "upgrad")
+
+
+def median_ms(work, warmup: int, steps: int) -> float:
+    return 1e3 * statistics.median(step_timings(work, warmup, steps, torch.device("cpu")))
+
+
+def upgrad_weights_per_qp(gramian: torch.Tensor) -> torch.Tensor:
+    """UPGrad's weights with the quadratic form prepared again for each of its K QPs."""
+    rows = torch.eye(len(gramian), dtype=gramian.dtype)
+    return torch.stack([torch.maximum(minimize_quadratic_form(gramian, rows, row), row) for row in rows]).mean(dim=0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--setup", default="mlp-k40", choices=sorted(SETUPS))
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    retain_freed_host_memory()
+    setup = SETUPS[args.setup]
+    model, tasks = setup.model(), setup.tasks()
+    batch = setup.batch(setup.batch_size, torch.device("cpu"))
+    names = [task.name for task in tasks]
+    heads = [parameter for name in names for parameter in model.task_parameters(name)]
+    shared = list(model.shared_parameters())
+    engine = JacobianEngine("rep")
+    timed = lambda work: median_ms(work, args.warmup, args.steps)  # noqa: E731
+
+    def forward():
+        representation, predictions = engine.forward(model, batch[INPUT_KEY], names)
+        return representation, task_losses(tasks, predictions, batch)
+
+    representation, losses = forward()
+    stacked = torch.stack(losses)[None]
+    [(z, cotangents)], _ = engine.backward_through_heads([losses], stacked, [representation], heads)
+    rows = cotangents.flatten(start_dim=1)
+    leaf = z.detach().requires_grad_()
+    ew_heads_loss = torch.stack(task_losses(tasks, model.decode(leaf), batch)).mean()
+    ew_step, _ = mtl_step(setup.model(), tasks, None, "ew", batch)  # its own copy: its SGD steps change the weights
+    parts = {
+        "EW whole step": timed(ew_step),
+        "rep forward (heads on copies of z)": timed(forward),
+        "rep backward through the heads (every dL_k/dz and the heads)": timed(lambda: engine.backward_through_heads([losses], stacked, [representation], heads)),
+        "EW backward through the heads (one dL/dz and the heads)": timed(lambda: torch.autograd.grad(ew_heads_loss, [leaf, *heads], retain_graph=True)),
+        f"Gramian of Z {tuple(rows.shape)}": timed(lambda: rows @ rows.T),
+        "encoder backward of one direction": timed(lambda: torch.autograd.grad(z, shared, grad_outputs=cotangents[0], retain_graph=True)),
+    }
+    for name in METHOD_NAMES:
+        method = METHODS[name](len(tasks))
+        parts[f"{name} aggregation of Z (Gramian included)"] = timed(lambda method=method: method(rows, stacked[0].detach()))
+    gramian = (rows @ rows.T).double()
+    parts["UPGrad weights, quadratic form prepared once per step"] = timed(lambda: UPGrad(len(tasks)).weights(gramian, stacked[0].double()))
+    parts["UPGrad weights, quadratic form prepared for each QP"] = timed(lambda: upgrad_weights_per_qp(gramian))
+    print(f"{args.setup}, {args.threads} threads, torch {torch.__version__}; median over {args.steps} calls after {args.warmup}\n")
+    print("| part | ms |\n| --- | --- |")
+    for part, milliseconds in parts.items():
+        print(f"| {part} | {milliseconds:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
