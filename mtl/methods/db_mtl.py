@@ -62,6 +62,8 @@ class LogLossBalancing(LossWeighting):
     """DB-MTL's loss-scale balancing alone: minimize ``mean_k log(L_k + eps)``.
 
     Its gradient is ``sum_k w_k grad L_k`` with ``w_k = 1 / (K (L_k + eps))``, the weights returned.
+    This is the scale-invariant loss ``si`` (``scale_invariant.py``) with ``eps`` inside the log; the two
+    weights differ by the factor ``L_k / (L_k + eps)``.
     """
 
     def forward(self, losses: Tensor) -> Tensor:

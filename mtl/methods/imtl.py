@@ -33,7 +33,11 @@ is ``sum_k e^{s_k} L_k - s_k``, whose gradient in ``s_k`` is ``e^{s_k} L_k - 1``
 are driven towards 1); the ``s_k`` are parameters trained by the run's optimizer with the model, as
 in the paper. ``mtl`` minimizes the mean over tasks, ``(1/K) sum_k e^{s_k} L_k - s_k`` (weights
 ``e^{s_k} / K``, EW's step at initialization): the factor ``1/K`` leaves the stationary point
-``e^{s_k} L_k = 1`` unchanged. Cost per step: one backward pass.
+``e^{s_k} L_k = 1`` unchanged. This objective is ``uw``'s (Uncertainty Weighting in the common form
+of ``uncertainty.py``) with ``s_k = -log sigma_k^2``: under SGD or Adam, which treat a coordinate and
+its negation alike, ``imtl_l`` and ``uw`` train the same model from the same start. They differ
+only against Kendall et al.'s per-task forms, which ``uw`` does not use. Cost per step: one
+backward pass.
 """
 
 from __future__ import annotations

@@ -20,7 +20,9 @@ that of the regression form.
 Default: ``s_k = 0`` at the start (weights 1, as LibMTL). Scale: ``mtl`` minimizes the mean over
 tasks, ``(1/K) sum_k exp(-s_k) L_k + s_k``, so the weights are ``exp(-s_k) / K`` and the first step is
 EW's (mean scale); the factor ``1/K`` leaves the stationary point ``exp(-s_k) = 1 / L_k`` unchanged.
-Cost: one backward pass, as in single-task training, plus ``K`` scalar parameters.
+In this form UW is IMTL-L (``imtl.py``) with negated parameters, ``s_k = -s'_k``: the two train the
+same model under SGD or Adam. Cost: one backward pass, as in single-task training, plus ``K``
+scalar parameters.
 """
 
 from __future__ import annotations

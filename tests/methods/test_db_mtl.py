@@ -63,6 +63,13 @@ def test_the_loss_part_minimizes_the_mean_log_loss(make_method):
     assert torch.isclose(method.objective(losses.detach()), torch.tensor((math.log(2.0) + math.log(0.5)) / 2), atol=1e-6)
 
 
+
+def test_the_loss_part_is_the_scale_invariant_loss_with_eps_in_the_log(make_method):
+    losses = torch.tensor([1e-7, 2.0], dtype=torch.float64)
+    scale_invariant = make_method("si", 2)(losses)
+    # 1 / (K (L + eps)) = 1 / (K L) * L / (L + eps): 1/1.1 of SI's weight at L = 1e-7, SI's at L = 2
+    assert torch.allclose(make_method("db_mtl_loss", 2)(losses), scale_invariant * losses / (losses + 1e-8))
+
 def test_a_state_dict_round_trip_continues_identically(make_method):
     jacobians = [random_jacobian(3, 6, seed=seed) for seed in range(4)]
     losses = torch.tensor([0.5, 1.0, 2.0])

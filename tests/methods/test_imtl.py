@@ -101,3 +101,23 @@ def test_imtl_l_scales_travel_in_the_state_dict(make_method):
     losses = torch.tensor([1.0, 4.0])
     assert torch.equal(resumed(losses), trained(losses))
     assert torch.equal(resumed.objective(losses), trained.objective(losses))
+
+
+def test_imtl_l_is_uncertainty_weighting_with_negated_log_scales(make_method):
+    # (1/K) sum e^{s} L - s at s = -v is (1/K) sum e^{-v} L + v, UW's objective in its common form:
+    # the same objective, so Adam (equivariant to flipping a coordinate's sign) follows one path.
+    def train(method):
+        theta = torch.tensor([1.0, -2.0], requires_grad=True)
+        optimizer = torch.optim.Adam([theta, *method.parameters()], lr=0.1)
+        for _ in range(20):
+            optimizer.zero_grad()
+            losses = torch.stack([(theta**2).sum(), 5 * (theta - 1).abs().sum()])
+            method.objective(losses).backward()
+            optimizer.step()
+        return theta
+
+    imtl_l, uw = make_method("imtl_l", 2), make_method("uw", 2)
+    theta_imtl_l, theta_uw = train(imtl_l), train(uw)
+    assert not torch.equal(imtl_l.log_scales, torch.zeros(2))
+    assert torch.allclose(imtl_l.log_scales, -uw.log_variances, atol=1e-6)
+    assert torch.allclose(theta_imtl_l, theta_uw, atol=1e-6)
