@@ -37,7 +37,7 @@ test: $(BIN)/.installed
 
 # JOBS runs at a time (joblib), one thread each: the runs are deterministic in their seed. A run
 # that fails (F-MTL refuses the double-sampling MoDo and SDMGrad) does not stop the sweep ("-"), and
-# the report lists it as failed with its last log line.
+# the report lists it as failed with its last log line; the target fails when no run finished.
 reproduce-multimnist: $(BIN)/.installed
 	-OMP_NUM_THREADS=1 $(BIN)/mtl-train -m hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) experiment=multimnist data.root=../shared/data/mnist \
 	  data.splits_from=test_set data.download=false "data.pairs_per_digit={train: 5, val: 1, test: 1}" \

@@ -303,6 +303,8 @@ def report(sweep_dir: Path, keys: list[str], baselines: dict | None, out: Path) 
     out.mkdir(parents=True, exist_ok=True)
     failed = [run for run in runs if run.results is None]
     text = write_tables(summary_rows(groups, keys, baselines), source, baseline_rows, failed, out)
+    if len(failed) == len(runs):
+        raise RuntimeError(f"none of the {len(runs)} runs under {sweep_dir} finished; {out / 'report.md'} lists why each failed")
     if any(group.finished for group in groups):
         plot_pareto(groups, out)
         plot_curves(groups, out)
@@ -317,7 +319,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="where to write report.md/csv, pareto.png/pdf and curves.png/pdf (default: sweep_dir)")
     args = parser.parse_args()
     baselines = json.loads(args.baselines.read_text()) if args.baselines else None
-    table = report(args.sweep_dir, args.group, baselines, args.out or args.sweep_dir)
+    try:
+        table = report(args.sweep_dir, args.group, baselines, args.out or args.sweep_dir)
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        raise SystemExit(f"mtl-report: {error}") from error
     rich.print(rich.markdown.Markdown(table))
 
 

@@ -96,9 +96,10 @@ def metric_value(results: dict[str, Any], name: str | None) -> float | None:
 def main(cfg: DictConfig) -> float | None:
     try:
         results = train(cfg)
-    except Exception:
-        # into the run's own log too, where mtl-report finds why a run of a sweep failed
-        log.exception("The run failed")
+    except Exception as error:
+        # one line into the run's own log, where mtl-report finds why a run of a sweep failed; Hydra
+        # prints the traceback
+        log.error("The run failed: %s: %s", type(error).__name__, error)
         raise
     return metric_value(results, cfg.get("optimized_metric"))
 

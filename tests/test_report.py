@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,6 +66,17 @@ def test_an_empty_directory_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no runs"):
         report(tmp_path, ["method"], None, tmp_path / "out")
 
+
+
+def test_a_sweep_whose_runs_all_failed_is_an_error_after_listing_them(tmp_path):
+    make_run(tmp_path / "sweep", "0", "ew", None, log="ValueError: bad option\n")
+    make_run(tmp_path / "sweep", "1", "mgda", None)
+    with pytest.raises(RuntimeError, match="none of the 2 runs under .* finished"):
+        report(tmp_path / "sweep", ["method"], None, tmp_path / "report")
+    listed = (tmp_path / "report" / "report.md").read_text()
+    assert "ValueError: bad option" in listed and "no results.json and no log" in listed
+    cli = subprocess.run([sys.executable, "-m", "mtl.report", str(tmp_path / "sweep")], capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 1 and "mtl-report: none of the 2 runs" in cli.stderr
 
 def add_single_task_runs(sweep: Path) -> None:
     """Single-task baselines: left 0.78 and 0.82 over two seeds, right 0.9; their other task's

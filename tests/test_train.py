@@ -49,6 +49,15 @@ def test_an_unknown_option_stops_the_cli_with_the_valid_choices(tmp_path):
     assert "lenet" in failed.stderr and "mlp" in failed.stderr and "resnet" in failed.stderr
 
 
+
+def test_a_failed_run_names_its_error_in_its_log_and_prints_one_traceback(tmp_path):
+    run_dir = tmp_path / "run"
+    failed = run_cli("mtl.train", [*TINY, "method=modo", "sam=fmtl", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert failed.returncode != 0
+    last_line = (run_dir / "train.log").read_text().splitlines()[-1]
+    assert "The run failed: ValueError: FlatMTL" in last_line
+    assert failed.stderr.count("Traceback") == 1, failed.stderr[-3000:]
+
 def final_state(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
 
