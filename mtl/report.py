@@ -34,6 +34,7 @@ import matplotlib
 import rich
 import rich.markdown
 import yaml
+from adjustText import adjust_text
 
 from mtl.metrics import delta_m
 
@@ -221,8 +222,19 @@ def pareto_front(points: list[tuple[float, float]], higher_is_better: tuple[bool
     return [i for i in range(len(points)) if not dominated(i)]
 
 
-def plot_pareto(groups: list[Group], out: Path) -> None:
-    """Per-task trade-off of the first metric of the first two tasks, group means with std error bars."""
+def point_labels(groups: list[Group], keys: list[str]) -> list[tuple[str, str | None]]:
+    """``(label, series)`` of each group's point in ``plot_pareto``. Grouped by two or more keys, the
+    last one names the series (a colour and legend entry, e.g. ``sam=fmtl``) and the others the
+    label; grouped by one, the label is the key and there is no series."""
+    if len(keys) < 2:
+        return [(" ".join(group.key), None) for group in groups]
+    return [(" ".join(group.key[:-1]), f"{keys[-1]}={group.key[-1]}") for group in groups]
+
+
+def plot_pareto(groups: list[Group], keys: list[str], out: Path) -> None:
+    """Per-task trade-off of the first metric of the first two tasks: group means with std error
+    bars, coloured by series (``point_labels``), the Pareto front's points ringed in red and joined by
+    a red line, the labels moved apart (adjustText) where they would overlap."""
     finished = [group for group in groups if group.finished]
     first = finished[0].finished[0].results
     tasks = [task for task in first["higher_is_better"]][:2]
@@ -231,17 +243,27 @@ def plot_pareto(groups: list[Group], out: Path) -> None:
     metric = next(iter(first["higher_is_better"][tasks[0]]))
     means = [(statistics.fmean(g.values(tasks[0], metric)), statistics.fmean(g.values(tasks[1], metric))) for g in finished]
     front = set(pareto_front(means, (first["higher_is_better"][tasks[0]][metric], first["higher_is_better"][tasks[1]][metric])))
-    figure, axes = plt.subplots(figsize=(6, 5))
-    for index, (group, (x, y)) in enumerate(zip(finished, means)):
+    labels = point_labels(finished, keys)
+    colours = {series: f"C{index}" for index, series in enumerate(dict.fromkeys(series for _, series in labels))}
+    size = 6 if len(finished) <= 12 else 9
+    figure, axes = plt.subplots(figsize=(size * 1.2, size))
+    texts = []
+    for index, (group, (x, y), (label, series)) in enumerate(zip(finished, means, labels)):
         spreads = [statistics.stdev(g) if len(g) > 1 else 0.0 for g in (group.values(tasks[0], metric), group.values(tasks[1], metric))]
-        style = {"color": "tab:red", "zorder": 3} if index in front else {"color": "tab:gray"}
-        axes.errorbar(x, y, xerr=spreads[0], yerr=spreads[1], fmt="o", capsize=2, **style)
-        axes.annotate(" ".join(group.key), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    ordered = sorted((means[i] for i in front))
+        ring = {"markeredgecolor": "tab:red", "markeredgewidth": 2, "zorder": 3} if index in front else {}
+        _, caps, bars = axes.errorbar(x, y, xerr=spreads[0], yerr=spreads[1], fmt="o", capsize=2, elinewidth=0.8, color=colours[series], **ring)
+        for line in (*caps, *bars):
+            line.set_alpha(0.35)
+        texts.append(axes.text(x, y, label, fontsize=7))
+    ordered = sorted(means[i] for i in front)
     axes.plot([p[0] for p in ordered], [p[1] for p in ordered], color="tab:red", linewidth=1, label="Pareto front")
+    for series, colour in colours.items():
+        if series is not None:
+            axes.plot([], [], "o", color=colour, label=series)
     axes.set_xlabel(f"{tasks[0]} {metric}")
     axes.set_ylabel(f"{tasks[1]} {metric}")
     axes.legend()
+    adjust_text(texts, ax=axes, arrowprops={"arrowstyle": "-", "color": "0.5", "linewidth": 0.5})
     figure.tight_layout()
     for suffix in ("png", "pdf"):
         figure.savefig(out / f"pareto.{suffix}", dpi=150)
@@ -306,7 +328,7 @@ def report(sweep_dir: Path, keys: list[str], baselines: dict | None, out: Path) 
     if len(failed) == len(runs):
         raise RuntimeError(f"none of the {len(runs)} runs under {sweep_dir} finished; {out / 'report.md'} lists why each failed")
     if any(group.finished for group in groups):
-        plot_pareto(groups, out)
+        plot_pareto(groups, keys, out)
         plot_curves(groups, out)
     return text
 

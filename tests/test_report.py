@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mtl.report import epoch_series, find_runs, pareto_front, report
+from mtl.report import Group, epoch_series, find_runs, pareto_front, point_labels, report
 
 
 def make_run(
@@ -61,6 +61,12 @@ def test_pareto_front_respects_each_direction():
     assert pareto_front(points, (True, True)) == [0, 1, 3]
     assert pareto_front(points, (False, False)) == [0, 2, 3]
 
+
+
+def test_points_are_labelled_by_method_and_coloured_by_the_last_group_key():
+    groups = [Group(("ew", "none")), Group(("ew", "fmtl")), Group(("mgda", "none"))]
+    assert point_labels(groups, ["method", "sam"]) == [("ew", "sam=none"), ("ew", "sam=fmtl"), ("mgda", "sam=none")]
+    assert point_labels([Group(("ew",))], ["method"]) == [("ew", None)]
 
 def test_an_empty_directory_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no runs"):
