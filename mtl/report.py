@@ -40,6 +40,7 @@ from mtl.metrics import delta_m
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file backend)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 @dataclass
@@ -231,6 +232,12 @@ def point_labels(groups: list[Group], keys: list[str]) -> list[tuple[str, str | 
     return [(" ".join(group.key[:-1]), f"{keys[-1]}={group.key[-1]}") for group in groups]
 
 
+def series_colours(names: list[str | None]) -> dict[str | None, str]:
+    """A colour of matplotlib's cycle for each distinct name, in order of first appearance (more
+    names than colours reuse them)."""
+    return {name: f"C{index % 10}" for index, name in enumerate(dict.fromkeys(names))}
+
+
 def plot_pareto(groups: list[Group], keys: list[str], out: Path) -> None:
     """Per-task trade-off of the first metric of the first two tasks: group means with std error
     bars, coloured by series (``point_labels``), the Pareto front's points ringed in red and joined by
@@ -244,7 +251,7 @@ def plot_pareto(groups: list[Group], keys: list[str], out: Path) -> None:
     means = [(statistics.fmean(g.values(tasks[0], metric)), statistics.fmean(g.values(tasks[1], metric))) for g in finished]
     front = set(pareto_front(means, (first["higher_is_better"][tasks[0]][metric], first["higher_is_better"][tasks[1]][metric])))
     labels = point_labels(finished, keys)
-    colours = {series: f"C{index}" for index, series in enumerate(dict.fromkeys(series for _, series in labels))}
+    colours = series_colours([series for _, series in labels])
     size = 6 if len(finished) <= 12 else 9
     figure, axes = plt.subplots(figsize=(size * 1.2, size))
     texts = []
@@ -284,23 +291,30 @@ def epoch_series(run: Run, name: str) -> dict[int, float]:
         return {int(row["epoch"]): float(row[name]) for row in csv.DictReader(file) if row.get(name)}
 
 
-def plot_curves(groups: list[Group], out: Path) -> bool:
+def plot_curves(groups: list[Group], keys: list[str], out: Path) -> bool:
     """``curves.png``/``.pdf``: per group, the mean over its logged runs of each ``CURVES`` metric
-    per epoch, shaded between the runs' minimum and maximum. False (nothing written) without CSV logs."""
+    per epoch, shaded between the runs' minimum and maximum; one colour and legend entry per group,
+    or, grouped by several keys, per series (``point_labels``). False (nothing written) without CSV logs."""
     series = {name: [(group, [epoch_series(run, name) for run in group.finished]) for group in groups] for name in CURVES}
     drawn = [name for name in CURVES if any(any(runs) for _, runs in series[name])]
     if not drawn:
         return False
+    labels = [series_name or label for label, series_name in point_labels(groups, keys)]
+    colours = series_colours(labels)
     figure, axes = plt.subplots(1, len(drawn), figsize=(4.5 * len(drawn), 3.8), squeeze=False, layout="constrained")
     for axis, name in zip(axes[0], drawn):
-        for group, all_runs in series[name]:
+        in_legend = set()
+        for label, (group, all_runs) in zip(labels, series[name]):
             runs = [values for values in all_runs if values]
             epochs = sorted(set.intersection(*(set(values) for values in runs))) if runs else []
             if not epochs:
                 continue
             table = [[values[epoch] for values in runs] for epoch in epochs]
-            line = axis.plot(epochs, [statistics.fmean(row) for row in table], label=" ".join(group.key))[0]
-            axis.fill_between(epochs, [min(row) for row in table], [max(row) for row in table], color=line.get_color(), alpha=0.15)
+            # a label starting with "_" stays out of the legend: one entry per series
+            axis.plot(epochs, [statistics.fmean(row) for row in table], color=colours[label], label=f"_{label}" if label in in_legend else label)
+            in_legend.add(label)
+            axis.fill_between(epochs, [min(row) for row in table], [max(row) for row in table], color=colours[label], alpha=0.15)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_xlabel("epoch")
         axis.set_title(name)
     axes[0][0].legend(fontsize=7)
@@ -329,7 +343,7 @@ def report(sweep_dir: Path, keys: list[str], baselines: dict | None, out: Path) 
         raise RuntimeError(f"none of the {len(runs)} runs under {sweep_dir} finished; {out / 'report.md'} lists why each failed")
     if any(group.finished for group in groups):
         plot_pareto(groups, keys, out)
-        plot_curves(groups, out)
+        plot_curves(groups, keys, out)
     return text
 
 
