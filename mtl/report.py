@@ -304,7 +304,7 @@ def plot_curves(groups: list[Group], keys: list[str], out: Path) -> bool:
     figure, axes = plt.subplots(1, len(drawn), figsize=(4.5 * len(drawn), 3.8), squeeze=False, layout="constrained")
     for axis, name in zip(axes[0], drawn):
         in_legend = set()
-        for label, (group, all_runs) in zip(labels, series[name]):
+        for label, (_, all_runs) in zip(labels, series[name]):
             runs = [values for values in all_runs if values]
             epochs = sorted(set.intersection(*(set(values) for values in runs))) if runs else []
             if not epochs:
