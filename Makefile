@@ -37,13 +37,14 @@ test: $(BIN)/.installed
 
 # JOBS runs at a time (joblib), one thread each: the runs are deterministic in their seed. A run
 # that fails (F-MTL refuses the double-sampling MoDo and SDMGrad) does not stop the sweep ("-"), and
-# the report lists it as failed with its last log line; the target fails when no run finished.
+# the report lists it as failed with its last log line; the target fails when no run finished. With
+# sam=none among SAMS the report adds each run's difference from its sam=none twin of equal seed.
 reproduce-multimnist: $(BIN)/.installed
 	-OMP_NUM_THREADS=1 $(BIN)/mtl-train -m hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) experiment=multimnist data.root=../shared/data/mnist \
 	  data.splits_from=test_set data.download=false "data.pairs_per_digit={train: 5, val: 1, test: 1}" \
 	  trainer.max_epochs=2 trainer.enable_progress_bar=false "~callbacks.rich_progress_bar" \
 	  "method=$(METHODS)" "sam=$(SAMS)" "seed=$(SEEDS)" hydra.sweep.dir=$(SWEEP) $(ARGS)
-	$(BIN)/mtl-report $(SWEEP) --group method sam --out $(SWEEP)/report
+	$(BIN)/mtl-report $(SWEEP) --group method sam $(if $(findstring none,$(SAMS)),--versus sam=none) --out $(SWEEP)/report
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

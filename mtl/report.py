@@ -7,7 +7,8 @@ deviation over the runs (seeds) of every test metric, Δm% against the baselines
 Writes ``report.md``, ``report.csv``, for two or more tasks ``pareto.png`` and ``pareto.pdf``
 (per-task trade-off with the Pareto front highlighted), and, from the runs' CSV logs,
 ``curves.png`` and ``curves.pdf`` (training and validation curves per group, mean over seeds)
-into ``--out``.
+into ``--out``. ``--versus sam=none`` adds each group's differences from the group that ran with
+``sam=none`` instead, paired by seed.
 
 The Δm% baselines ``{task: {metric: value}}`` come from the first of:
 
@@ -179,6 +180,36 @@ def summary_rows(groups: list[Group], keys: list[str], baselines: dict | None) -
     return sorted(rows, key=lambda row: row["rank"])
 
 
+def paired_rows(groups: list[Group], keys: list[str], versus: tuple[str, str]) -> list[dict[str, Any]]:
+    """Per group whose ``versus[0]`` choice is not ``versus[1]``: the difference of every test metric
+    from the group that differs only in that choice, paired by seed (runs of equal seed share their
+    initialization and data order), mean ± std over the seeds both finished."""
+    name, reference = versus
+    if name not in keys:
+        raise ValueError(f"--versus {name}={reference}: {name!r} is not one of the --group keys {keys}")
+    position = keys.index(name)
+    by_key = {group.key: group for group in groups}
+    values = sorted({group.key[position] for group in groups})
+    if reference not in values:
+        raise ValueError(f"--versus {name}={reference}: no run has {name}={reference}; the runs have {name} in {values}")
+    rows = []
+    for group in groups:
+        against = by_key.get((*group.key[:position], reference, *group.key[position + 1 :]))
+        if group.key[position] == reference or against is None:
+            continue
+        references = {run.results["seed"]: run.results["test"] for run in against.finished if run.results.get("seed") is not None}
+        pairs = [(run.results["test"], references[run.results.get("seed")]) for run in group.finished if run.results.get("seed") in references]
+        if not pairs:
+            continue
+        row: dict[str, Any] = dict(zip(keys, group.key))
+        row["seeds"] = len(pairs)
+        for task, metrics in pairs[0][0].items():
+            for metric in metrics:
+                row[f"{task}/{metric}"] = mean_and_spread([ours[task][metric] - theirs[task][metric] for ours, theirs in pairs])
+        rows.append(row)
+    return rows
+
+
 def cell(value: Any) -> str:
     if isinstance(value, tuple):
         return f"{value[0]:.4f} ± {value[1]:.4f}"
@@ -193,13 +224,24 @@ def markdown_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines + ["| " + " | ".join(cell(row.get(column, "")) for column in columns) + " |" for row in rows]
 
 
-def write_tables(rows: list[dict[str, Any]], baseline_source: str | None, baseline_rows: list[dict[str, Any]], failed: list[Run], out: Path) -> str:
-    """``report.md`` (the methods' table, the baselines, the failed runs) and ``report.csv`` (the methods' table)."""
+def write_tables(
+    rows: list[dict[str, Any]],
+    baseline_source: str | None,
+    baseline_rows: list[dict[str, Any]],
+    failed: list[Run],
+    out: Path,
+    versus: tuple[str, str] | None = None,
+    differences: list[dict[str, Any]] | None = None,
+) -> str:
+    """``report.md`` (the methods' table, the baselines, the differences ``versus`` a choice, the
+    failed runs) and ``report.csv`` (the methods' table)."""
     markdown = markdown_table(rows)
     if baseline_source is not None:
         markdown += ["", f"Δm% against the baselines from {baseline_source}."]
     if baseline_rows:
         markdown += ["", *markdown_table(baseline_rows)]
+    if versus is not None and differences:
+        markdown += ["", f"Differences from {versus[0]}={versus[1]}, paired by seed:", "", *markdown_table(differences)]
     if failed:
         markdown += ["", "Failed runs:", *(f"- `{run.path}`: {run.error}" for run in failed)]
     text = "\n".join(markdown) + "\n"
@@ -324,9 +366,10 @@ def plot_curves(groups: list[Group], keys: list[str], out: Path) -> bool:
     return True
 
 
-def report(sweep_dir: Path, keys: list[str], baselines: dict | None, out: Path) -> str:
+def report(sweep_dir: Path, keys: list[str], baselines: dict | None, out: Path, versus: tuple[str, str] | None = None) -> str:
     """Write the report of the runs under ``sweep_dir`` into ``out`` and return its Markdown; Δm%
-    is against ``baselines`` if given, else against those found as the module docstring says."""
+    is against ``baselines`` if given, else against those found as the module docstring says;
+    ``versus = (key, choice)`` adds ``paired_rows``."""
     runs = find_runs(sweep_dir)
     if not runs:
         raise FileNotFoundError(f"no runs (directories with .hydra/) under {sweep_dir}")
@@ -338,7 +381,8 @@ def report(sweep_dir: Path, keys: list[str], baselines: dict | None, out: Path) 
     groups = group_runs(methods, keys)
     out.mkdir(parents=True, exist_ok=True)
     failed = [run for run in runs if run.results is None]
-    text = write_tables(summary_rows(groups, keys, baselines), source, baseline_rows, failed, out)
+    differences = paired_rows(groups, keys, versus) if versus is not None else []
+    text = write_tables(summary_rows(groups, keys, baselines), source, baseline_rows, failed, out, versus, differences)
     if len(failed) == len(runs):
         raise RuntimeError(f"none of the {len(runs)} runs under {sweep_dir} finished; {out / 'report.md'} lists why each failed")
     if any(group.finished for group in groups):
@@ -353,10 +397,14 @@ def main() -> None:
     parser.add_argument("--group", nargs="+", default=["method"], help="config groups whose choices identify a row")
     parser.add_argument("--baselines", type=Path, help="JSON {task: {metric: value}} for Δm%% (default: the sweep's single-task runs, else the runs' config)")
     parser.add_argument("--out", type=Path, help="where to write report.md/csv, pareto.png/pdf and curves.png/pdf (default: sweep_dir)")
+    parser.add_argument("--versus", metavar="KEY=CHOICE", help="add each group's differences from the group with KEY=CHOICE, paired by seed (e.g. sam=none)")
     args = parser.parse_args()
     baselines = json.loads(args.baselines.read_text()) if args.baselines else None
+    if args.versus is not None and "=" not in args.versus:
+        parser.error(f"--versus takes KEY=CHOICE (e.g. sam=none), got {args.versus!r}")
+    versus = tuple(args.versus.split("=", 1)) if args.versus else None
     try:
-        table = report(args.sweep_dir, args.group, baselines, args.out or args.sweep_dir)
+        table = report(args.sweep_dir, args.group, baselines, args.out or args.sweep_dir, versus)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         raise SystemExit(f"mtl-report: {error}") from error
     rich.print(rich.markdown.Markdown(table))

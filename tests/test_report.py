@@ -10,11 +10,20 @@ from mtl.report import Group, epoch_series, find_runs, pareto_front, point_label
 
 
 def make_run(
-    root: Path, name: str, method: str, left: float | None, right: float = 0.0, log: str = "", single_task: str | None = None, config: dict | None = None
+    root: Path,
+    name: str,
+    method: str,
+    left: float | None,
+    right: float = 0.0,
+    log: str = "",
+    single_task: str | None = None,
+    config: dict | None = None,
+    sam: str = "none",
+    seed: int = 0,
 ) -> None:
     run = root / name
     (run / ".hydra").mkdir(parents=True)
-    (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": {"method": method, "data": "multidigits"}}}}))
+    (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": {"method": method, "sam": sam, "data": "multidigits"}}}}))
     (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"seed": 0, **(config or {})}))
     if log:
         (run / "train.log").write_text(log)
@@ -24,6 +33,7 @@ def make_run(
         "test": {"left": {"accuracy": left}, "right": {"accuracy": right}, "mean": {"accuracy": (left + right) / 2}},
         "higher_is_better": {"left": {"accuracy": True}, "right": {"accuracy": True}},
         "single_task": single_task,
+        "seed": seed,
     }
     (run / "results.json").write_text(json.dumps(results))
 
@@ -67,6 +77,24 @@ def test_points_are_labelled_by_method_and_coloured_by_the_last_group_key():
     groups = [Group(("ew", "none")), Group(("ew", "fmtl")), Group(("mgda", "none"))]
     assert point_labels(groups, ["method", "sam"]) == [("ew", "sam=none"), ("ew", "sam=fmtl"), ("mgda", "sam=none")]
     assert point_labels([Group(("ew",))], ["method"]) == [("ew", None)]
+
+
+def test_versus_a_choice_gives_the_differences_paired_by_seed(tmp_path):
+    sweep = tmp_path / "sweep"
+    for seed, (none_left, fmtl_left) in enumerate([(0.80, 0.83), (0.90, 0.91)]):
+        make_run(sweep, f"ew-none-{seed}", "ew", none_left, 0.5, sam="none", seed=seed)
+        make_run(sweep, f"ew-fmtl-{seed}", "ew", fmtl_left, 0.5, sam="fmtl", seed=seed)
+    make_run(sweep, "mgda-fmtl-0", "mgda", 0.7, 0.5, sam="fmtl")  # no mgda sam=none run: no row
+    text = report(sweep, ["method", "sam"], None, tmp_path / "report", versus=("sam", "none"))
+    differences = text.split("Differences from sam=none, paired by seed:")[1].strip().splitlines()
+    # left: 0.83 - 0.80 = 0.03 and 0.91 - 0.90 = 0.01, mean 0.02, std 0.0141; right: 0 and 0
+    assert differences[0].startswith("| method | sam | seeds | left/accuracy | right/accuracy |")
+    assert differences[2].startswith("| ew | fmtl | 2 | 0.0200 ± 0.0141 | 0.0000 ± 0.0000 |")
+    assert len(differences) == 3
+    with pytest.raises(ValueError, match=r"no run has sam=sam; the runs have sam in \['fmtl', 'none'\]"):
+        report(sweep, ["method", "sam"], None, tmp_path / "report", versus=("sam", "sam"))
+    with pytest.raises(ValueError, match=r"'sam' is not one of the --group keys \['method'\]"):
+        report(sweep, ["method"], None, tmp_path / "report", versus=("sam", "none"))
 
 def test_an_empty_directory_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no runs"):
