@@ -207,7 +207,7 @@ def paired_rows(groups: list[Group], keys: list[str], versus: tuple[str, str]) -
             for metric in metrics:
                 row[f"{task}/{metric}"] = mean_and_spread([ours[task][metric] - theirs[task][metric] for ours, theirs in pairs])
         rows.append(row)
-    return rows
+    return sorted(rows, key=lambda row: tuple(row[key] for key in keys))
 
 
 def cell(value: Any) -> str:
