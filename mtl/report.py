@@ -230,18 +230,17 @@ def write_tables(
     baseline_rows: list[dict[str, Any]],
     failed: list[Run],
     out: Path,
-    versus: tuple[str, str] | None = None,
-    differences: list[dict[str, Any]] | None = None,
+    differences: tuple[str, list[dict[str, Any]]] | None = None,
 ) -> str:
-    """``report.md`` (the methods' table, the baselines, the differences ``versus`` a choice, the
-    failed runs) and ``report.csv`` (the methods' table)."""
+    """``report.md`` (the methods' table, the baselines, the ``(KEY=CHOICE, paired_rows)``
+    differences, the failed runs) and ``report.csv`` (the methods' table)."""
     markdown = markdown_table(rows)
     if baseline_source is not None:
         markdown += ["", f"Δm% against the baselines from {baseline_source}."]
     if baseline_rows:
         markdown += ["", *markdown_table(baseline_rows)]
-    if versus is not None and differences:
-        markdown += ["", f"Differences from {versus[0]}={versus[1]}, paired by seed:", "", *markdown_table(differences)]
+    if differences is not None and differences[1]:
+        markdown += ["", f"Differences from {differences[0]}, paired by seed:", "", *markdown_table(differences[1])]
     if failed:
         markdown += ["", "Failed runs:", *(f"- `{run.path}`: {run.error}" for run in failed)]
     text = "\n".join(markdown) + "\n"
@@ -381,8 +380,8 @@ def report(sweep_dir: Path, keys: list[str], baselines: dict | None, out: Path, 
     groups = group_runs(methods, keys)
     out.mkdir(parents=True, exist_ok=True)
     failed = [run for run in runs if run.results is None]
-    differences = paired_rows(groups, keys, versus) if versus is not None else []
-    text = write_tables(summary_rows(groups, keys, baselines), source, baseline_rows, failed, out, versus, differences)
+    differences = ("=".join(versus), paired_rows(groups, keys, versus)) if versus is not None else None
+    text = write_tables(summary_rows(groups, keys, baselines), source, baseline_rows, failed, out, differences)
     if len(failed) == len(runs):
         raise RuntimeError(f"none of the {len(runs)} runs under {sweep_dir} finished; {out / 'report.md'} lists why each failed")
     if any(group.finished for group in groups):
@@ -391,20 +390,25 @@ def report(sweep_dir: Path, keys: list[str], baselines: dict | None, out: Path, 
     return text
 
 
+def key_and_choice(text: str) -> tuple[str, str]:
+    """``--versus``'s ``KEY=CHOICE`` as ``(KEY, CHOICE)``."""
+    key, separator, choice = text.partition("=")
+    if not (key and separator and choice):
+        raise argparse.ArgumentTypeError(f"takes KEY=CHOICE (e.g. sam=none), got {text!r}")
+    return key, choice
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dir", type=Path, help="directory holding the runs (e.g. outputs/train/multiruns/<date>)")
     parser.add_argument("--group", nargs="+", default=["method"], help="config groups whose choices identify a row")
     parser.add_argument("--baselines", type=Path, help="JSON {task: {metric: value}} for Δm%% (default: the sweep's single-task runs, else the runs' config)")
     parser.add_argument("--out", type=Path, help="where to write report.md/csv, pareto.png/pdf and curves.png/pdf (default: sweep_dir)")
-    parser.add_argument("--versus", metavar="KEY=CHOICE", help="add each group's differences from the group with KEY=CHOICE, paired by seed (e.g. sam=none)")
+    parser.add_argument("--versus", type=key_and_choice, metavar="KEY=CHOICE", help="add each group's differences from the group with KEY=CHOICE, paired by seed (e.g. sam=none)")
     args = parser.parse_args()
     baselines = json.loads(args.baselines.read_text()) if args.baselines else None
-    if args.versus is not None and "=" not in args.versus:
-        parser.error(f"--versus takes KEY=CHOICE (e.g. sam=none), got {args.versus!r}")
-    versus = tuple(args.versus.split("=", 1)) if args.versus else None
     try:
-        table = report(args.sweep_dir, args.group, baselines, args.out or args.sweep_dir, versus)
+        table = report(args.sweep_dir, args.group, baselines, args.out or args.sweep_dir, args.versus)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         raise SystemExit(f"mtl-report: {error}") from error
     rich.print(rich.markdown.Markdown(table))
