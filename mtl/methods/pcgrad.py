@@ -21,7 +21,7 @@ two are comparable). Multiply the learning rate by ``K`` to reproduce the paper'
 
 A zero gradient has ``M[j, j] = 0`` and never conflicts, so it projects nothing away. There are
 no hyperparameters; the random orders come from the method's seeded generator (one permutation
-per task per step). Cost: K task gradients, the ``(K, K)`` Gramian, then O(K³) scalar work.
+per task per step). Cost: K task gradients, the ``(K, K)`` Gramian, then O(K³) work in K vectorized steps.
 """
 
 from __future__ import annotations
@@ -45,14 +45,16 @@ class PCGrad(GramianWeighting):
 
 def projected_coefficients(gramian: Tensor, generator: torch.Generator) -> Tensor:
     """Rows ``c_i`` with ``g_i^PC = c_i @ G``, for the Gramian ``G Gᵀ`` and random orders from
-    ``generator``. The K² scalar steps run in NumPy: as tensor operations each would cost tens of
-    microseconds of dispatch (about 50 ms a step at K = 40)."""
+    ``generator``. Each task's projections depend on its own row alone, so the K tasks take their
+    ``t``-th projection together: K vectorized NumPy steps instead of K² scalar ones (as tensor
+    operations each scalar step would cost tens of microseconds of dispatch)."""
     num_tasks = len(gramian)
     matrix = gramian.detach().cpu().double().numpy()
-    coefficients = np.eye(num_tasks)
-    for task in range(num_tasks):
-        for other in torch.randperm(num_tasks, generator=generator).tolist():
-            inner_product = coefficients[task] @ matrix[:, other]
-            if other != task and inner_product < 0:
-                coefficients[task, other] -= inner_product / matrix[other, other]
+    orders = np.stack([torch.randperm(num_tasks, generator=generator).numpy() for _ in range(num_tasks)])
+    coefficients, tasks = np.eye(num_tasks), np.arange(num_tasks)
+    for others in orders.T:
+        inner_products = np.einsum("ij,ji->i", coefficients, matrix[:, others])
+        conflicting = (others != tasks) & (inner_products < 0)
+        rows, columns = tasks[conflicting], others[conflicting]
+        coefficients[rows, columns] -= inner_products[conflicting] / matrix[columns, columns]
     return torch.from_numpy(coefficients).to(gramian.device, gramian.dtype)

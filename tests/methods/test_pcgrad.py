@@ -49,3 +49,22 @@ def test_three_tasks_depend_on_the_order_drawn_from_the_seed(make_method):
     assert len(directions) > 1
     first, second = make_method("pcgrad", 3, seed=5), make_method("pcgrad", 3, seed=5)
     assert torch.equal(first(jacobian, torch.ones(3)), second(jacobian, torch.ones(3)))
+
+
+def paper_projections(jacobian: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Algorithm 1 of the paper on the gradients themselves: task by task, one random order each."""
+    projected = []
+    for task, gradient in enumerate(jacobian):
+        for other in torch.randperm(len(jacobian), generator=generator).tolist():
+            inner_product = gradient @ jacobian[other]
+            if other != task and inner_product < 0:
+                gradient = gradient - inner_product / (jacobian[other] @ jacobian[other]) * jacobian[other]
+        projected.append(gradient)
+    return torch.stack(projected)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_coefficients_give_the_papers_sequential_projections(seed):
+    jacobian = random_jacobian(7, 5, seed=seed).double()  # 7 tasks in 5 dimensions: many conflicts
+    expected = paper_projections(jacobian, torch.Generator().manual_seed(seed))
+    assert torch.allclose(projected_gradients(jacobian, seed), expected, atol=1e-12)
