@@ -32,11 +32,11 @@ from mtl.methods.base import GramianWeighting, register
 from mtl.methods.mgda import CosineQuadraticForm
 
 
-def dual_cone_projection(form: CosineQuadraticForm, preference: Tensor) -> Tensor:
-    """Weights ``w`` with ``Jᵀw`` the projection of ``Jᵀ preference`` onto the dual cone of the rows
-    of ``J``, whose Gramian's quadratic form is ``form``."""
-    identity = torch.eye(len(preference), dtype=preference.dtype)
-    return torch.maximum(form.minimize(identity, preference), preference)
+def dual_cone_projections(form: CosineQuadraticForm, preferences: Tensor) -> Tensor:
+    """Weights ``W (R, K)`` with ``Jᵀ W[r]`` the projection of ``Jᵀ preferences[r]`` onto the dual cone
+    of the rows of ``J``, whose Gramian's quadratic form is ``form``."""
+    identity = torch.eye(preferences.shape[-1], dtype=preferences.dtype)
+    return torch.maximum(form.minimize_each(identity, preferences), preferences)
 
 
 @register("upgrad")
@@ -44,8 +44,7 @@ class UPGrad(GramianWeighting):
     """The mean of the projections of every task gradient onto the dual cone of all of them."""
 
     def weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
-        form, rows = CosineQuadraticForm(gramian), torch.eye(len(gramian), dtype=gramian.dtype)
-        return torch.stack([dual_cone_projection(form, row) for row in rows]).mean(dim=0)
+        return dual_cone_projections(CosineQuadraticForm(gramian), torch.eye(len(gramian), dtype=gramian.dtype)).mean(dim=0)
 
 
 @register("dualproj")
@@ -53,5 +52,5 @@ class DualProj(GramianWeighting):
     """The projection of the mean task gradient onto the dual cone of the task gradients."""
 
     def weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
-        mean = torch.full((len(gramian),), 1.0 / len(gramian), dtype=gramian.dtype)
-        return dual_cone_projection(CosineQuadraticForm(gramian), mean)
+        mean = torch.full((1, len(gramian)), 1.0 / len(gramian), dtype=gramian.dtype)
+        return dual_cone_projections(CosineQuadraticForm(gramian), mean)[0]

@@ -59,25 +59,29 @@ def positive_definite(matrix: Tensor) -> np.ndarray:
 class CosineQuadraticForm:
     """The quadratic form ``wᵀ gramian w`` in the variables ``x_k = |g_k| w_k``, whose matrix is the
     matrix of cosines (rows of any norm weigh alike), made positive definite by
-    ``positive_definite``; prepared once for any number of minimizations (UPGrad solves ``K``)."""
+    ``positive_definite``; prepared once for any number of minimizations (UPGrad solves ``K``):
+    quadprog is given the inverse of its Cholesky factor, so no solve factors it again."""
 
     def __init__(self, gramian: Tensor) -> None:
         norms = gramian.diagonal().clamp(min=0).sqrt()
         self.norms = torch.where(norms > 0, norms, torch.ones_like(norms))
-        self.matrix = positive_definite(gramian / torch.outer(self.norms, self.norms))
+        matrix = positive_definite(gramian / torch.outer(self.norms, self.norms))
+        self.inverse_factor = np.linalg.inv(np.linalg.cholesky(matrix).T)  # R⁻¹ for matrix = RᵀR
         self.dtype = gramian.dtype
 
     def minimize(self, constraints: Tensor, bounds: Tensor, equalities: int = 0) -> Tensor:
         """``argmin_w wᵀ gramian w`` subject to ``constraintsᵀ w >= bounds``, the first ``equalities``
         as equalities; ``constraints`` is ``(K, M)``, ``bounds`` ``(M,)``. Solved with quadprog."""
-        solution = quadprog.solve_qp(
-            self.matrix,
-            np.zeros(len(self.matrix)),
-            np.ascontiguousarray((constraints / self.norms[:, None]).numpy()),
-            np.ascontiguousarray(bounds.numpy()),
-            equalities,
-        )[0]
-        return torch.from_numpy(solution).to(self.dtype) / self.norms
+        return self.minimize_each(constraints, bounds[None], equalities)[0]
+
+    def minimize_each(self, constraints: Tensor, bounds: Tensor, equalities: int = 0) -> Tensor:
+        """``minimize`` for each row of ``bounds (R, M)`` under the same ``constraints``: ``(R, K)``."""
+        scaled = np.ascontiguousarray((constraints / self.norms[:, None]).numpy())
+        linear = np.zeros(len(self.inverse_factor))
+        solutions = [
+            quadprog.solve_qp(self.inverse_factor, linear, scaled, np.ascontiguousarray(row), equalities, factorized=True)[0] for row in bounds.numpy()
+        ]
+        return torch.from_numpy(np.stack(solutions)).to(self.dtype) / self.norms
 
 
 def minimize_quadratic_form(gramian: Tensor, constraints: Tensor, bounds: Tensor, equalities: int = 0) -> Tensor:

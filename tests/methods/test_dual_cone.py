@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mtl.methods.dual_cone import dual_cone_projection
+from mtl.methods.dual_cone import dual_cone_projections
 from mtl.methods.mgda import CosineQuadraticForm
 from tests.methods.conftest import conflicting_jacobian, random_jacobian
 
@@ -37,9 +37,8 @@ def test_projections_satisfy_their_optimality_conditions(case):
     size = len(jacobian)
     gramian = jacobian @ jacobian.T
     norms = gramian.diagonal().sqrt()
-    preferences = [*torch.eye(size, dtype=torch.float64), torch.full((size,), 1.0 / size, dtype=torch.float64)]
-    for preference in preferences:
-        weights = dual_cone_projection(CosineQuadraticForm(gramian), preference)
+    preferences = torch.cat([torch.eye(size, dtype=torch.float64), torch.full((1, size), 1.0 / size, dtype=torch.float64)])
+    for preference, weights in zip(preferences, dual_cone_projections(CosineQuadraticForm(gramian), preferences)):
         # <d, g_k> relative to |g_k| and to the length of the projected vector Jᵀu (d itself may be 0)
         products = gramian @ weights / (norms * (preference @ gramian @ preference).sqrt())
         assert (weights >= preference).all()
