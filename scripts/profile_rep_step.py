@@ -1,12 +1,14 @@
 """Where the time of a ``jacobian.mode=rep`` step goes, part by part, beside EW's step.
 
-On a ``bench_setups`` setup (default mlp-k40), with the host settings ``mtl-train`` applies, the
-median time of: EW's whole step; the rep step's forward (heads reading their copies of ``z``);
-its one backward pass through the heads to every ``dL_k/dz`` and the heads' parameters; the same
-heads' backward in EW's step (one ``dL/dz``, accumulated); the Gramian of ``Z (K, B·D)``; each
-method's aggregation of ``Z``; the encoder's backward of one direction. Also UPGrad's weights with
-its matrix prepared once per step (``CosineQuadraticForm``) beside once per QP
-(``minimize_quadratic_form`` for each row), on the same Gramian.
+On a ``bench_setups`` setup (default mlp-k40, whose heads are linear), with the host settings
+``mtl-train`` applies, the median time of: EW's whole step; the rep step's forward (heads reading
+their copies of ``z``, linear heads' outputs recorded); its one backward pass through the heads
+(to the linear heads' outputs, or to every ``dL_k/dz``, and the heads' parameters); the same heads'
+backward in EW's step (one ``dL/dz``, accumulated); the Gramian of the representation gradients,
+from the linear heads' products (``mtl.engine.linear_heads``) and from the formed ``Z (K, B·D)``;
+each method's weights from that Gramian; their combination; the encoder's backward of one
+direction. Also UPGrad's weights with its matrix prepared once per step (``CosineQuadraticForm``)
+beside once per QP (``minimize_quadratic_form`` for each row), on the same Gramian.
 
     python scripts/profile_rep_step.py --setup mlp-k40
 """
@@ -23,7 +25,8 @@ from bench_setups import SETUPS
 from bench_steps import mtl_step
 
 from mtl.engine.host_memory import retain_freed_host_memory
-from mtl.engine.jacobian_modes import JacobianEngine
+from mtl.engine.jacobian_modes import JacobianEngine, dense
+from mtl.engine.linear_heads import LinearHeadGradients
 from mtl.methods import METHODS
 from mtl.methods.dual_cone import UPGrad
 from mtl.methods.mgda import minimize_quadratic_form
@@ -66,23 +69,31 @@ def main() -> None:
 
     representation, losses = forward()
     stacked = torch.stack(losses)[None]
-    [(z, cotangents)], _ = engine.backward_through_heads([losses], stacked, [representation], heads)
-    rows = cotangents.flatten(start_dim=1)
+    backward = lambda: engine.backward_through_heads([losses], stacked, [representation], heads)  # noqa: E731
+    [(z, gradients)], _ = backward()
+    rows = dense(gradients).flatten(start_dim=1)
     leaf = z.detach().requires_grad_()
     ew_heads_loss = torch.stack(task_losses(tasks, model.decode(leaf), batch)).mean()
     ew_step, _ = mtl_step(setup.model(), tasks, None, "ew", batch)  # its own copy: its SGD steps change the weights
+    products = isinstance(gradients, LinearHeadGradients)
+    gramian = gradients.gramian() if products else rows @ rows.T
+    task_weights = torch.full((len(tasks),), 1 / len(tasks), dtype=torch.float64)
     parts = {
         "EW whole step": timed(ew_step),
         "rep forward (heads on copies of z)": timed(forward),
-        "rep backward through the heads (every dL_k/dz and the heads)": timed(lambda: engine.backward_through_heads([losses], stacked, [representation], heads)),
+        f"rep backward through the heads (to {'their outputs' if products else 'every dL_k/dz'} and their parameters)": timed(backward),
         "EW backward through the heads (one dL/dz and the heads)": timed(lambda: torch.autograd.grad(ew_heads_loss, [leaf, *heads], retain_graph=True)),
-        f"Gramian of Z {tuple(rows.shape)}": timed(lambda: rows @ rows.T),
-        "encoder backward of one direction": timed(lambda: torch.autograd.grad(z, shared, grad_outputs=cotangents[0], retain_graph=True)),
+        f"Gramian of Z {tuple(rows.shape)}, formed": timed(lambda: rows @ rows.T),
     }
+    if products:
+        parts["Gramian of Z from the linear heads' products"] = timed(gradients.gramian)
+        parts["combination of Z from the linear heads' products"] = timed(lambda: gradients.combination(task_weights))
+    parts["combination of the formed Z"] = timed(lambda: task_weights.float() @ rows)
+    parts["encoder backward of one direction"] = timed(lambda: torch.autograd.grad(z, shared, grad_outputs=rows[0].view_as(z), retain_graph=True))
     for name in METHOD_NAMES:
         method = METHODS[name](len(tasks))
-        parts[f"{name} aggregation of Z (Gramian included)"] = timed(lambda method=method: method(rows, stacked[0].detach()))
-    gramian = (rows @ rows.T).double()
+        parts[f"{name} weights from the Gramian"] = timed(lambda method=method: method.gramian_weights(gramian, stacked[0]))
+    gramian = gramian.double()
     parts["UPGrad weights, quadratic form prepared once per step"] = timed(lambda: UPGrad(len(tasks)).weights(gramian, stacked[0].double()))
     parts["UPGrad weights, quadratic form prepared for each QP"] = timed(lambda: upgrad_weights_per_qp(gramian))
     print(f"{args.setup}, {args.threads} threads, torch {torch.__version__}; median over {args.steps} calls after {args.warmup}\n")

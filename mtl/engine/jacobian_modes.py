@@ -26,8 +26,10 @@ alone) and the heads' gradients from one more pass, so its heads are traversed t
   ``d`` is backpropagated once: ``shared.grad = (dz/dθ)ᵀ · reshape(d, z.shape)``. Sener & Koltun
   show (their Theorem 1) that under a full-rank ``dz/dθ`` the min-norm weights of ``Z`` give a
   direction that still decreases every loss; for other aggregators it is the same approximation.
-  It costs about one ordinary training step at any ``K``. Stateful aggregators keep state of
-  ``B·D`` columns instead of ``P``.
+  Stateful aggregators keep state of ``B·D`` columns instead of ``P``. When every head is one
+  linear layer and the aggregator a Gramian weighting, ``Z`` is never formed: its Gramian and the
+  direction come from the heads' output gradients and weights (``mtl.engine.linear_heads``), and
+  the step costs about one ordinary training step at any ``K``.
 - ``auto`` (default): ``batched`` or ``loop``, whichever computes the first step's Jacobian faster
   (each timed twice on that step, the better timing counts); decided once and logged at INFO.
 
@@ -60,8 +62,9 @@ from torch import Tensor, nn
 
 from mtl.engine.distributed import GradientSync
 from mtl.engine.jacobian import set_gradient
+from mtl.engine.linear_heads import LinearHeadGradients, LinearHeadOutputs, decode_recording_linear_heads
 from mtl.engine.task_groups import TaskGroups
-from mtl.methods.base import GradientAggregator
+from mtl.methods.base import GradientAggregator, GramianWeighting
 from mtl.methods.task_state import TaskStateAggregator
 
 MODES = ("auto", "loop", "batched", "rep")
@@ -79,10 +82,12 @@ def has_representation(model: nn.Module) -> bool:
 class Representation:
     """One sample's shared representation: ``tensor`` is ``z = encode(x)`` in the encoder's graph;
     ``copies`` are the leaf copies of ``z`` that the heads read, one per task in task order (None
-    when the heads read ``tensor`` itself)."""
+    when the heads read ``tensor`` itself); ``linear_heads`` the outputs of the heads on them, in
+    ``rep`` mode when every head is one linear layer (``mtl.engine.linear_heads``)."""
 
     tensor: Tensor
     copies: tuple[Tensor, ...] | None = None
+    linear_heads: LinearHeadOutputs | None = None
 
 
 class JacobianEngine:
@@ -132,7 +137,7 @@ class JacobianEngine:
     def forward(self, model: nn.Module, inputs: Tensor, task_names: Sequence[str] | None = None) -> tuple[Representation | None, dict[str, Tensor]]:
         """The shared representation (None for a model without one) and the predictions. Given
         the ``task_names`` (the order of the losses) and a model with ``decode_each``, each task's
-        head reads its own leaf copy of ``z``."""
+        head reads its own leaf copy of ``z``; in ``rep`` mode the outputs of linear heads are recorded."""
         if not has_representation(model):
             return None, model(inputs)
         representation = model.encode(inputs)
@@ -140,7 +145,10 @@ class JacobianEngine:
         if task_names is None or not callable(decode_each):
             return Representation(representation), model.decode(representation)
         copies = {name: representation.detach().requires_grad_() for name in task_names}
-        return Representation(representation, tuple(copies.values())), decode_each(copies)
+        if self.mode != "rep":
+            return Representation(representation, tuple(copies.values())), decode_each(copies)
+        predictions, linear_heads = decode_recording_linear_heads(model, decode_each, copies)
+        return Representation(representation, tuple(copies.values()), linear_heads), predictions
 
     def write_gradients(
         self,
@@ -189,32 +197,35 @@ class JacobianEngine:
             sync.average_(flat)
             row_losses = row_losses.view(samples, rows_per_sample)
             direction = method(jacobians[0], row_losses[0]) if samples == 1 else method(jacobians, row_losses)
+            set_gradient(shared, direction)
+            set_gradient(heads, head_gradients)
         else:
-            flat = self._buffer("local", (width + head_width + 1,), shared[0])
+            # a new buffer every step: the .grad are views of it, not copies
+            flat = torch.empty(width + head_width + 1, dtype=shared[0].dtype, device=shared[0].device)
             direction, head_gradients, weight = flat.split([width, head_width, 1])
-            direction.copy_(self._direction(method, group_losses, backpropagated, shared, averaging))
+            self._write_direction(direction, method, group_losses, backpropagated, shared, averaging)
             scatter(own_gradients, heads, head_gradients)
             weight.fill_(batch_size)
             sync.average_(flat)
-        set_gradient(shared, direction)
-        set_gradient(heads, head_gradients)
+            set_gradient(shared, direction, copy=False)
+            set_gradient(heads, head_gradients, copy=False)
 
-    def _direction(
+    def _write_direction(
         self,
+        direction: Tensor,
         method: GradientAggregator,
         group_losses: Tensor,
-        backpropagated: Sequence[tuple[Tensor, Tensor]],
+        backpropagated: Sequence[tuple[Tensor, Tensor | LinearHeadGradients]],
         shared: Sequence[nn.Parameter],
         averaging: Tensor | None,
-    ) -> Tensor:
-        """This process's direction ``(P,)`` from its own task gradients, grouped by ``averaging``."""
+    ) -> None:
+        """``direction (P,)`` = this process's direction from its own task gradients, grouped by ``averaging``."""
         if self.mode == "rep":
-            return self._representation_direction(method, group_losses[0], backpropagated[0], shared, averaging)
+            self._write_representation_direction(direction, method, group_losses[0], backpropagated[0], shared, averaging)
+            return
         jacobians = self._buffer("jacobian", (*group_losses.shape, numel(shared)), shared[0])
         self._fill_jacobians(jacobians, backpropagated, shared, averaging)
-        if len(group_losses) == 1:
-            return method(jacobians[0], group_losses[0])
-        return method(jacobians, group_losses)
+        direction.copy_(method(jacobians[0], group_losses[0]) if len(group_losses) == 1 else method(jacobians, group_losses))
 
     def jacobians(
         self, losses: Tensor, representations: Sequence[Representation | None], shared: Sequence[nn.Parameter], separate: Sequence[Sequence[Tensor]] | None = None
@@ -228,9 +239,10 @@ class JacobianEngine:
 
     def backward_through_heads(
         self, separate: Sequence[Sequence[Tensor]], losses: Tensor, representations: Sequence[Representation | None], heads: Sequence[nn.Parameter]
-    ) -> tuple[list[tuple[Tensor, Tensor]], list[Tensor | None]]:
+    ) -> tuple[list[tuple[Tensor, Tensor | LinearHeadGradients]], list[Tensor | None]]:
         """The backward pass down to the shared representations. Returns, for every sample, what
-        the encoder part backpropagates: ``(z, dL_k/dz for every k)``, or on the general path
+        the encoder part backpropagates: ``(z, dL_k/dz for every k)`` (for linear heads in ``rep``
+        mode as products, ``LinearHeadGradients``), or on the general path
         ``(losses, identity)``; and the heads' gradients of the losses' sum over tasks, averaged
         over the samples (None for a parameter no loss reaches)."""
         if representations and all(representation is not None and representation.copies is not None for representation in representations):
@@ -241,31 +253,37 @@ class JacobianEngine:
 
     def _through_head_copies(
         self, separate: Sequence[Sequence[Tensor]], representations: Sequence[Representation], heads: Sequence[nn.Parameter]
-    ) -> tuple[list[tuple[Tensor, Tensor]], list[Tensor | None]]:
+    ) -> tuple[list[tuple[Tensor, Tensor | LinearHeadGradients]], list[Tensor | None]]:
         """``backward_through_heads`` for heads that read their own copies of ``z``: one backward pass of
         all the losses, in which each head is traversed once; the gradient that reaches task
-        ``k``'s copy is ``dL_k/dz``."""
-        copies = [copy for representation in representations for copy in representation.copies]
+        ``k``'s copy is ``dL_k/dz``. For linear heads (``Representation.linear_heads``) the pass
+        stops at their outputs, and ``dL_k/dz`` is kept as a product (``LinearHeadGradients``)."""
+        linear = all(representation.linear_heads is not None for representation in representations)
+        ends = [end for representation in representations for end in (representation.linear_heads.outputs if linear else representation.copies)]
         total = sum(loss for sample in separate for loss in sample)
-        gradients = torch.autograd.grad(total, [*copies, *heads], retain_graph=True, allow_unused=True)
+        gradients = torch.autograd.grad(total, [*ends, *heads], retain_graph=True, allow_unused=True)
         backpropagated, start = [], 0
         for sample, representation in enumerate(representations):
             count = len(representation.copies)
-            rows = self._buffer(f"representation{sample}", (count, *representation.tensor.shape), representation.tensor)
-            copy_rows(gradients[start : start + count], rows)
+            if linear:
+                rows = representation.linear_heads.gradients(gradients[start : start + count], representation.tensor.shape)
+            else:
+                rows = self._buffer(f"representation{sample}", (count, *representation.tensor.shape), representation.tensor)
+                copy_rows(gradients[start : start + count], rows)
             backpropagated.append((representation.tensor, rows))
             start += count
-        own_gradients = list(gradients[len(copies) :])
+        own_gradients = list(gradients[len(ends) :])
         if len(representations) > 1:
             own_gradients = [None if gradient is None else gradient / len(representations) for gradient in own_gradients]
         return backpropagated, own_gradients
 
     def _fill_jacobians(
-        self, buffer: Tensor, backpropagated: Sequence[tuple[Tensor, Tensor]], shared: Sequence[nn.Parameter], averaging: Tensor | None = None
+        self, buffer: Tensor, backpropagated: Sequence[tuple[Tensor, Tensor | LinearHeadGradients]], shared: Sequence[nn.Parameter], averaging: Tensor | None = None
     ) -> None:
         """``buffer[n]`` = the Jacobian of sample ``n``, its rows averaged over groups of tasks by
         ``averaging (C, K)`` when given (``C`` backward passes through the encoder instead of ``K``)."""
         for rows, (outputs, cotangents) in zip(buffer, backpropagated):
+            cotangents = dense(cotangents)
             if averaging is not None:
                 cotangents = torch.tensordot(averaging, cotangents, dims=1)
             self._fill(rows, outputs, cotangents, shared)
@@ -335,20 +353,28 @@ class JacobianEngine:
         log.info("jacobian.mode=auto chose %s (%s)", choice, ", ".join(f"{mode} {seconds * 1e3:.2f} ms" for mode, seconds in timings.items()))
         return choice
 
-    def _representation_direction(
-        self, method: GradientAggregator, losses: Tensor, backpropagated: tuple[Tensor, Tensor], shared: Sequence[nn.Parameter], averaging: Tensor | None
-    ) -> Tensor:
+    def _write_representation_direction(
+        self,
+        flat: Tensor,
+        method: GradientAggregator,
+        losses: Tensor,
+        backpropagated: tuple[Tensor, Tensor | LinearHeadGradients],
+        shared: Sequence[nn.Parameter],
+        averaging: Tensor | None,
+    ) -> None:
         """MGDA-UB: aggregate ``Z (K, B·D)`` (grouped by ``averaging``) at the group ``losses``,
-        backpropagate the direction through the encoder once; flat ``(P,)``."""
+        backpropagate the direction through the encoder once, into ``flat (P,)``. A Gramian weighting
+        of linear heads' gradients takes the Gramian and the combination of their products."""
         representation, cotangents = backpropagated
-        rows = cotangents.flatten(start_dim=1)
-        if averaging is not None:
-            rows = averaging @ rows
-        direction = method(rows, losses)
-        gradients = torch.autograd.grad(representation, shared, grad_outputs=direction.view_as(representation), retain_graph=True, allow_unused=True)
-        flat = self._buffer("direction", (numel(shared),), shared[0])
+        if isinstance(cotangents, LinearHeadGradients) and isinstance(method, GramianWeighting):
+            direction = linear_heads_direction(method, cotangents, losses, averaging).to(representation.dtype)
+        else:
+            rows = dense(cotangents).flatten(start_dim=1)
+            if averaging is not None:
+                rows = averaging @ rows
+            direction = method(rows, losses).view_as(representation)
+        gradients = torch.autograd.grad(representation, shared, grad_outputs=direction, retain_graph=True, allow_unused=True)
         scatter(gradients, shared, flat)
-        return flat
 
     def _identity(self, size: int, like: Tensor) -> Tensor:
         identity = self._buffers.get("identity")
@@ -362,6 +388,23 @@ class JacobianEngine:
         if buffer is None or buffer.shape != shape or buffer.dtype != like.dtype or buffer.device != like.device:
             buffer = self._buffers[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
         return buffer
+
+
+def linear_heads_direction(method: GramianWeighting, gradients: LinearHeadGradients, losses: Tensor, averaging: Tensor | None) -> Tensor:
+    """``method``'s direction ``Σ_c w_c Σ_k averaging[c, k] Z_k`` (``Σ_k w_k Z_k`` without groups) from
+    the Gramian of the products ``Z_k``, grouped as ``averaging Z Zᵀ averagingᵀ``."""
+    gramian = gradients.gramian()
+    if averaging is not None:
+        averaging = averaging.to(gramian.dtype)
+        gramian = averaging @ gramian @ averaging.T
+    weights = method.gramian_weights(gramian, losses)
+    task_weights = weights if averaging is None else averaging.T.double().cpu() @ weights
+    return gradients.combination(task_weights)
+
+
+def dense(gradients: Tensor | LinearHeadGradients) -> Tensor:
+    """The representation gradients ``(K, *z.shape)``, formed if they are held as products."""
+    return gradients.dense() if isinstance(gradients, LinearHeadGradients) else gradients
 
 
 def grouped(losses: Tensor, averaging: Tensor | None) -> Tensor:

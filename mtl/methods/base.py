@@ -128,11 +128,17 @@ class GramianWeighting(GradientAggregator):
 
     def forward(self, jacobian: Tensor, losses: Tensor) -> Tensor:
         matrix = jacobian if jacobian.dtype in (torch.float32, torch.float64) else jacobian.float()
-        gramian = (matrix @ matrix.T).double().cpu()
-        with single_threaded_blas():
-            weights = self.weights(gramian, losses.detach().double().cpu())
-        self.last_weights = weights
+        weights = self.gramian_weights(matrix @ matrix.T, losses)
         return (weights.to(matrix.device, matrix.dtype) @ matrix).to(jacobian.dtype)
+
+    def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
+        """``weights`` for a Gramian and losses of any device and dtype, solved in float64 on the
+        CPU on one BLAS thread; kept as ``last_weights``. For an engine that forms the Gramian
+        without the Jacobian (``mtl.engine.linear_heads``)."""
+        with single_threaded_blas():
+            weights = self.weights(gramian.double().cpu(), losses.detach().double().cpu())
+        self.last_weights = weights
+        return weights
 
 
 def single_threaded_blas() -> AbstractContextManager:
