@@ -1,14 +1,17 @@
 """Where the time of a ``jacobian.mode=rep`` step goes, part by part, beside EW's step.
 
 On a ``bench_setups`` setup (default mlp-k40, whose heads are linear), with the host settings
-``mtl-train`` applies, the median time of: EW's whole step; the rep step's forward (heads reading
-their copies of ``z``, linear heads' outputs recorded); its one backward pass through the heads
-(to the linear heads' outputs, or to every ``dL_k/dz``, and the heads' parameters); the same heads'
-backward in EW's step (one ``dL/dz``, accumulated); the Gramian of the representation gradients,
-from the linear heads' products (``mtl.engine.linear_heads``) and from the formed ``Z (K, B·D)``;
-each method's weights from that Gramian; their combination; the encoder's backward of one
-direction. Also UPGrad's weights with its matrix prepared once per step (``CosineQuadraticForm``)
-beside once per QP (``minimize_quadratic_form`` for each row), on the same Gramian.
+``mtl-train`` applies, the median time of:
+
+- EW's whole step, and its backward pass through the heads (one ``dL/dz``, accumulated);
+- the rep step's forward (heads reading their copies of ``z``, linear heads' outputs recorded);
+- its one backward pass through the heads, to the linear heads' outputs (or to every
+  ``dL_k/dz``) and the heads' parameters; and the same pass to every ``dL_k/dz``, formed;
+- the Gramian of the representation gradients from the linear heads' products
+  (``mtl.engine.linear_heads``) and from the formed ``Z (K, B·D)``, and their combination;
+- each method's weights from that Gramian; the encoder's backward of one direction;
+- UPGrad's weights with its matrix prepared once per step (``CosineQuadraticForm``) beside once
+  per QP (``minimize_quadratic_form`` for each row), on the same Gramian.
 
     python scripts/profile_rep_step.py --setup mlp-k40
 """
@@ -16,6 +19,7 @@ beside once per QP (``minimize_quadratic_form`` for each row), on the same Grami
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 
 import torch
@@ -78,10 +82,12 @@ def main() -> None:
     products = isinstance(gradients, LinearHeadGradients)
     gramian = gradients.gramian() if products else rows @ rows.T
     task_weights = torch.full((len(tasks),), 1 / len(tasks), dtype=torch.float64)
+    formed = dataclasses.replace(representation, linear_heads=None)
     parts = {
         "EW whole step": timed(ew_step),
         "rep forward (heads on copies of z)": timed(forward),
         f"rep backward through the heads (to {'their outputs' if products else 'every dL_k/dz'} and their parameters)": timed(backward),
+        "rep backward through the heads to every dL_k/dz, formed": timed(lambda: engine.backward_through_heads([losses], stacked, [formed], heads)),
         "EW backward through the heads (one dL/dz and the heads)": timed(lambda: torch.autograd.grad(ew_heads_loss, [leaf, *heads], retain_graph=True)),
         f"Gramian of Z {tuple(rows.shape)}, formed": timed(lambda: rows @ rows.T),
     }
