@@ -58,9 +58,10 @@ def timed_rounds(setup_name: str, methods: list[str], warmup: int, rounds: int) 
     setup = SETUPS[setup_name]
     tasks, batch = setup.tasks(), setup.batch(setup.batch_size, torch.device("cpu"))
     steps = {"ew": (mtl_step(setup.model(), tasks, None, "ew", batch)[0], False)}
+    products = uses_products(setup_name)
     for name in methods:
         steps[name] = (mtl_step(setup.model(), tasks, METHODS[name](len(tasks)), "rep", batch)[0], False)
-        if uses_products(setup_name):
+        if products:
             steps[f"{name} {FORMED}"] = (mtl_step(setup.model(), tasks, METHODS[name](len(tasks)), "rep", batch)[0], True)
     timings: dict[str, list[float]] = {variant: [] for variant in steps}
     for round_index in track(range(warmup + rounds), description=setup_name):

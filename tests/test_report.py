@@ -96,6 +96,7 @@ def test_versus_a_choice_gives_the_differences_paired_by_seed(tmp_path):
     with pytest.raises(ValueError, match=r"'sam' is not one of the --group keys \['method'\]"):
         report(sweep, ["method"], None, tmp_path / "report", versus=("sam", "none"))
 
+
 def test_an_empty_directory_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no runs"):
         report(tmp_path, ["method"], None, tmp_path / "out")

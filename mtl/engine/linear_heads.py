@@ -22,6 +22,7 @@ that are not a Gramian weighting.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -43,44 +44,41 @@ class LinearHeadOutputs:
             (torch.zeros_like(output) if gradient is None else gradient).reshape(-1, output.shape[-1])
             for gradient, output in zip(output_gradients, self.outputs)
         ]
-        return LinearHeadGradients(tuple(rows), self.weights, representation_shape)
+        weights = torch.cat(self.weights)
+        dtype = weights.dtype if weights.dtype in (torch.float32, torch.float64) else torch.float32
+        sizes = tuple(weight.shape[0] for weight in self.weights)
+        return LinearHeadGradients(torch.cat(rows, dim=1).to(dtype), weights.to(dtype), sizes, representation_shape)
 
 
 @dataclass(frozen=True)
 class LinearHeadGradients:
-    """``Z_k = g_k W_k`` for ``K`` tasks, held as the factors ``g_k (N, C_k)`` and ``W_k (C_k, D)``."""
+    """``Z_k = g_k W_k`` for ``K`` tasks, held as the stacked factors ``[g_1 ... g_K] (N, ΣC)`` and
+    ``[W_1; ...; W_K] (ΣC, D)``, in one floating dtype of at least 32 bits; ``sizes`` are the ``C_k``."""
 
-    output_gradients: tuple[Tensor, ...]
-    weights: tuple[Tensor, ...]
+    output_gradients: Tensor
+    weights: Tensor
+    sizes: tuple[int, ...]
     representation_shape: torch.Size
 
+    @functools.cached_property
+    def segments(self) -> Tensor:
+        """``(K, ΣC)``: row ``k`` is 1 on task ``k``'s columns (built on the device, no host transfer)."""
+        return torch.block_diag(*(self.weights.new_ones(1, size) for size in self.sizes))
+
     def gramian(self) -> Tensor:
-        """``(K, K)``: ``<Z_j, Z_k>``, in float32 (float64 for float64 factors)."""
-        outputs, weights = self._stacked()
-        products = (outputs.T @ outputs) * (weights @ weights.T)
-        segments = torch.repeat_interleave(
-            torch.eye(len(self.weights), dtype=products.dtype, device=products.device),
-            torch.tensor([weight.shape[0] for weight in self.weights], device=products.device),
-            dim=1,
-        )
-        return segments @ products @ segments.T
+        """``(K, K)``: ``<Z_j, Z_k>``, the ``(j, k)`` block sums of ``(Gᵀ G) ∘ (W Wᵀ)``."""
+        products = (self.output_gradients.T @ self.output_gradients) * (self.weights @ self.weights.T)
+        return self.segments @ products @ self.segments.T
 
     def combination(self, task_weights: Tensor) -> Tensor:
         """``Σ_k task_weights[k] Z_k``, of the representation's shape."""
-        outputs, weights = self._stacked()
-        sizes = torch.tensor([weight.shape[0] for weight in self.weights], device=outputs.device)
-        column_weights = torch.repeat_interleave(task_weights.to(outputs.device, outputs.dtype), sizes)
-        return ((outputs * column_weights) @ weights).view(self.representation_shape)
+        column_weights = task_weights.to(self.weights.device, self.weights.dtype) @ self.segments
+        return ((self.output_gradients * column_weights) @ self.weights).view(self.representation_shape)
 
     def dense(self) -> Tensor:
         """``(K, *representation_shape)``: every ``Z_k`` formed."""
-        return torch.stack([(rows.to(weight.dtype) @ weight).view(self.representation_shape) for rows, weight in zip(self.output_gradients, self.weights)])
-
-    def _stacked(self) -> tuple[Tensor, Tensor]:
-        """``[g_1 ... g_K] (N, ΣC)`` and ``[W_1; ...; W_K] (ΣC, D)`` in one floating dtype of at least 32 bits."""
-        weights = torch.cat(self.weights)
-        dtype = weights.dtype if weights.dtype in (torch.float32, torch.float64) else torch.float32
-        return torch.cat(self.output_gradients, dim=1).to(dtype), weights.to(dtype)
+        pairs = zip(self.output_gradients.split(self.sizes, dim=1), self.weights.split(self.sizes))
+        return torch.stack([(rows @ weight).view(self.representation_shape) for rows, weight in pairs])
 
 
 def single_linear_layer(module: nn.Module) -> nn.Linear | None:
@@ -97,24 +95,23 @@ def decode_recording_linear_heads(
     and the products are the cheaper way (the module docstring); else None."""
     head = getattr(model, "head", None)
     layers = {name: single_linear_layer(head(name)) for name in copies} if callable(head) else {}
-    if not layers or any(layer is None for layer in layers.values()):
+    if not layers or any(layer is None for layer in layers.values()) or not products_are_cheaper(next(iter(copies.values())), list(layers.values())):
         return decode_each(copies), None
-    calls: list[tuple[nn.Module, Tensor, Tensor]] = []
-    handles = [layer.register_forward_hook(lambda layer, inputs, output: calls.append((layer, inputs[0], output))) for layer in set(layers.values())]
+    calls: dict[tuple[int, int], list[Tensor]] = {}  # (layer, its input) -> its outputs
+
+    def record(layer: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        calls.setdefault((id(layer), id(inputs[0])), []).append(output)
+
+    handles = [layer.register_forward_hook(record) for layer in set(layers.values())]
     try:
         predictions = decode_each(copies)
     finally:
         for handle in handles:
             handle.remove()
-    outputs = []
-    for name, copy in copies.items():
-        matches = [output for layer, inputs, output in calls if layer is layers[name] and inputs is copy]
-        if len(matches) != 1:
-            return predictions, None
-        outputs.append(matches[0])
-    if not products_are_cheaper(next(iter(copies.values())), list(layers.values())):
+    outputs = [calls.get((id(layers[name]), id(copy)), []) for name, copy in copies.items()]
+    if any(len(output) != 1 for output in outputs):
         return predictions, None
-    return predictions, LinearHeadOutputs(tuple(outputs), tuple(layers[name].weight.detach() for name in copies))
+    return predictions, LinearHeadOutputs(tuple(output for (output,) in outputs), tuple(layers[name].weight.detach() for name in copies))
 
 
 def products_are_cheaper(representation: Tensor, layers: Sequence[nn.Linear]) -> bool:
