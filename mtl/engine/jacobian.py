@@ -26,15 +26,13 @@ def task_jacobian(losses: Tensor, parameters: Sequence[nn.Parameter]) -> Tensor:
     return torch.stack(rows)
 
 
-def set_gradient(parameters: Sequence[nn.Parameter], direction: Tensor, copy: bool = True) -> None:
-    """Write the flat ``direction`` into the ``.grad`` of ``parameters`` (the inverse of the
-    flattening above); with ``copy=False`` the ``.grad`` are views of ``direction``, for a caller
-    that writes it no more."""
+def set_gradient(parameters: Sequence[nn.Parameter], direction: Tensor) -> None:
+    """Write (a copy of) the flat ``direction`` into the ``.grad`` of ``parameters``: the inverse of
+    the flattening above."""
     offset = 0
     for parameter in parameters:
         size = parameter.numel()
-        gradient = direction[offset : offset + size].view_as(parameter)
-        parameter.grad = gradient.clone() if copy else gradient
+        parameter.grad = direction[offset : offset + size].view_as(parameter).clone()
         offset += size
     if offset != direction.numel():
         raise ValueError(f"direction has {direction.numel()} entries but the parameters have {offset}")

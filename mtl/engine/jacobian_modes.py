@@ -185,8 +185,8 @@ class JacobianEngine:
         averaging = None if self.groups.trivial else self.groups.matrix(losses)
         group_losses = grouped(losses, averaging).detach()
         samples, rows_per_sample = group_losses.shape
-        width, head_width = numel(shared), numel(heads)
         if sync.exact and self.mode != "rep":
+            width, head_width = numel(shared), numel(heads)
             flat = self._buffer("exact", (samples * rows_per_sample * (width + 1) + head_width + 1,), shared[0])
             rows, head_gradients, row_losses, weight = flat.split([samples * rows_per_sample * width, head_width, samples * rows_per_sample, 1])
             jacobians = rows.view(samples, rows_per_sample, width)
@@ -200,32 +200,30 @@ class JacobianEngine:
             set_gradient(shared, direction)
             set_gradient(heads, head_gradients)
         else:
-            # a new buffer every step: the .grad are views of it, not copies
-            flat = torch.empty(width + head_width + 1, dtype=shared[0].dtype, device=shared[0].device)
-            direction, head_gradients, weight = flat.split([width, head_width, 1])
-            self._write_direction(direction, method, group_losses, backpropagated, shared, averaging)
-            scatter(own_gradients, heads, head_gradients)
-            weight.fill_(batch_size)
-            sync.average_(flat)
-            set_gradient(shared, direction, copy=False)
-            set_gradient(heads, head_gradients, copy=False)
+            direction = self._direction(method, group_losses, backpropagated, shared, averaging)
+            # one process: the gradients become the .grad as they are, without a copy
+            gradients = sync.average([*direction, *own_memory(own_gradients, heads)], batch_size)
+            for parameter, gradient in zip([*shared, *heads], gradients):
+                parameter.grad = gradient
 
-    def _write_direction(
+    def _direction(
         self,
-        direction: Tensor,
         method: GradientAggregator,
         group_losses: Tensor,
         backpropagated: Sequence[tuple[Tensor, Tensor | LinearHeadGradients]],
         shared: Sequence[nn.Parameter],
         averaging: Tensor | None,
-    ) -> None:
-        """``direction (P,)`` = this process's direction from its own task gradients, grouped by ``averaging``."""
+    ) -> list[Tensor]:
+        """This process's direction from its own task gradients, grouped by ``averaging``: one
+        tensor per shared parameter, each with memory of its own."""
         if self.mode == "rep":
-            self._write_representation_direction(direction, method, group_losses[0], backpropagated[0], shared, averaging)
-            return
+            return self._representation_direction(method, group_losses[0], backpropagated[0], shared, averaging)
         jacobians = self._buffer("jacobian", (*group_losses.shape, numel(shared)), shared[0])
         self._fill_jacobians(jacobians, backpropagated, shared, averaging)
-        direction.copy_(method(jacobians[0], group_losses[0]) if len(group_losses) == 1 else method(jacobians, group_losses))
+        direction = method(jacobians[0], group_losses[0]) if len(group_losses) == 1 else method(jacobians, group_losses)
+        # a copy: a method may return a view of the Jacobian buffer, which the next pass overwrites
+        parts = direction.clone().split([parameter.numel() for parameter in shared])
+        return [part.view_as(parameter) for part, parameter in zip(parts, shared)]
 
     def jacobians(
         self, losses: Tensor, representations: Sequence[Representation | None], shared: Sequence[nn.Parameter], separate: Sequence[Sequence[Tensor]] | None = None
@@ -353,18 +351,18 @@ class JacobianEngine:
         log.info("jacobian.mode=auto chose %s (%s)", choice, ", ".join(f"{mode} {seconds * 1e3:.2f} ms" for mode, seconds in timings.items()))
         return choice
 
-    def _write_representation_direction(
+    def _representation_direction(
         self,
-        flat: Tensor,
         method: GradientAggregator,
         losses: Tensor,
         backpropagated: tuple[Tensor, Tensor | LinearHeadGradients],
         shared: Sequence[nn.Parameter],
         averaging: Tensor | None,
-    ) -> None:
+    ) -> list[Tensor]:
         """MGDA-UB: aggregate ``Z (K, B·D)`` (grouped by ``averaging``) at the group ``losses``,
-        backpropagate the direction through the encoder once, into ``flat (P,)``. A Gramian weighting
-        of linear heads' gradients takes the Gramian and the combination of their products."""
+        backpropagate the direction through the encoder once; one gradient per shared parameter
+        (``_direction``). A Gramian weighting of linear heads' gradients takes the Gramian and the
+        combination of their products."""
         representation, cotangents = backpropagated
         if isinstance(cotangents, LinearHeadGradients) and isinstance(method, GramianWeighting):
             direction = linear_heads_direction(method, cotangents, losses, averaging).to(representation.dtype)
@@ -373,8 +371,7 @@ class JacobianEngine:
             if averaging is not None:
                 rows = averaging @ rows
             direction = method(rows, losses).view_as(representation)
-        gradients = torch.autograd.grad(representation, shared, grad_outputs=direction, retain_graph=True, allow_unused=True)
-        scatter(gradients, shared, flat)
+        return own_memory(torch.autograd.grad(representation, shared, grad_outputs=direction, retain_graph=True, allow_unused=True), shared)
 
     def _identity(self, size: int, like: Tensor) -> Tensor:
         identity = self._buffers.get("identity")
@@ -429,6 +426,22 @@ def scatter(gradients: Sequence[Tensor | None], parameters: Sequence[nn.Paramete
         else:
             block.copy_(gradient.reshape(block.shape))
         offset += size
+
+
+def own_memory(gradients: Sequence[Tensor | None], parameters: Sequence[nn.Parameter]) -> list[Tensor]:
+    """``gradients`` (from ``torch.autograd.grad``) as tensors the ``parameters`` may keep as
+    ``.grad`` and change in place (gradient clipping does): zeros for None (no loss reaches the
+    parameter), and a copy of a gradient that is not contiguous (autograd may return an expanded
+    one) or that shares memory with an earlier one (autograd may hand one tensor to several inputs)."""
+    owned, storages = [], set()
+    for gradient, parameter in zip(gradients, parameters):
+        if gradient is None:
+            gradient = torch.zeros_like(parameter)
+        elif not gradient.is_contiguous() or gradient.untyped_storage().data_ptr() in storages:
+            gradient = gradient.clone(memory_format=torch.contiguous_format)
+        storages.add(gradient.untyped_storage().data_ptr())
+        owned.append(gradient)
+    return owned
 
 
 def copy_rows(gradients: Sequence[Tensor | None], rows: Tensor) -> None:

@@ -13,14 +13,16 @@ vector ``Jᵀu`` onto it is ``Jᵀw`` with
 - DualProj: ``d = proj((1/K) sum_k g_k)`` (the mean projected, ``u = 1/K``).
 
 Both return the mean when no two rows conflict (every row is then in the dual cone), ``g`` for ``K``
-identical rows ``g``, and a zero row contributes nothing. The QP is solved exactly by quadprog, in
-the variables ``|g_k| v_k`` so that its matrix is the matrix of cosines between the rows, with
-eigenvalues floored at ``1e-10`` of the largest (``mtl.methods.mgda.CosineQuadraticForm``):
-``<d, g_k> >= 0`` holds up to that relative ridge, also for norms 1e6 apart, duplicated rows and
-``K > P``. There are no hyperparameters.
+identical rows ``g``, and a zero row contributes nothing. The QP is solved exactly, in the variables
+``|g_k| v_k`` so that its matrix is the matrix of cosines between the rows, with eigenvalues
+floored at ``1e-10`` of the largest (``mtl.methods.mgda.CosineQuadraticForm``): with that matrix
+factored as ``RᵀR``, a QP under lower bounds is a non-negative least-squares problem, which scipy's
+``nnls`` solves by the active-set method of Lawson and Hanson. ``<d, g_k> >= 0`` holds up to the
+relative ridge, also for norms 1e6 apart, duplicated rows and ``K > P``. There are no
+hyperparameters.
 
-Cost per step: ``K`` backward passes for the Jacobian, the ``K x K`` Gramian, then ``K`` QPs of
-``K`` variables for UPGrad and one for DualProj.
+Cost per step: ``K`` backward passes for the Jacobian, the ``K x K`` Gramian, then ``K`` non-negative
+least-squares problems of ``K`` variables for UPGrad and one for DualProj.
 """
 
 from __future__ import annotations
@@ -35,8 +37,7 @@ from mtl.methods.mgda import CosineQuadraticForm
 def dual_cone_projections(form: CosineQuadraticForm, preferences: Tensor) -> Tensor:
     """Weights ``W (R, K)`` with ``Jᵀ W[r]`` the projection of ``Jᵀ preferences[r]`` onto the dual cone
     of the rows of ``J``, whose Gramian's quadratic form is ``form``."""
-    identity = torch.eye(preferences.shape[-1], dtype=preferences.dtype)
-    return torch.maximum(form.minimize_each(identity, preferences), preferences)
+    return torch.maximum(form.minimize_above(preferences), preferences)
 
 
 @register("upgrad")

@@ -35,6 +35,7 @@ from __future__ import annotations
 import numpy as np
 import quadprog
 import torch
+from scipy.optimize import nnls
 from torch import Tensor
 
 from mtl.methods.base import GramianWeighting, register
@@ -59,28 +60,33 @@ def positive_definite(matrix: Tensor) -> np.ndarray:
 class CosineQuadraticForm:
     """The quadratic form ``wᵀ gramian w`` in the variables ``x_k = |g_k| w_k``, whose matrix is the
     matrix of cosines (rows of any norm weigh alike), made positive definite by
-    ``positive_definite``; prepared once for any number of minimizations (UPGrad solves ``K``):
-    quadprog is given the inverse of its Cholesky factor, so no solve factors it again."""
+    ``positive_definite``; prepared once for any number of minimizations (UPGrad solves ``K``).
+    Its Cholesky factor ``R`` (``matrix = RᵀR``) is computed once: quadprog is given ``R⁻¹``, so no
+    solve factors the matrix again, and the minimizations under lower bounds are least-squares
+    problems in ``R``."""
 
     def __init__(self, gramian: Tensor) -> None:
         norms = gramian.diagonal().clamp(min=0).sqrt()
         self.norms = torch.where(norms > 0, norms, torch.ones_like(norms))
         matrix = positive_definite(gramian / torch.outer(self.norms, self.norms))
-        self.inverse_factor = np.linalg.inv(np.linalg.cholesky(matrix).T)  # R⁻¹ for matrix = RᵀR
+        self.factor = np.linalg.cholesky(matrix).T
         self.dtype = gramian.dtype
 
     def minimize(self, constraints: Tensor, bounds: Tensor, equalities: int = 0) -> Tensor:
         """``argmin_w wᵀ gramian w`` subject to ``constraintsᵀ w >= bounds``, the first ``equalities``
         as equalities; ``constraints`` is ``(K, M)``, ``bounds`` ``(M,)``. Solved with quadprog."""
-        return self.minimize_each(constraints, bounds[None], equalities)[0]
-
-    def minimize_each(self, constraints: Tensor, bounds: Tensor, equalities: int = 0) -> Tensor:
-        """``minimize`` for each row of ``bounds (R, M)`` under the same ``constraints``: ``(R, K)``."""
         scaled = np.ascontiguousarray((constraints / self.norms[:, None]).numpy())
-        linear = np.zeros(len(self.inverse_factor))
-        solutions = [
-            quadprog.solve_qp(self.inverse_factor, linear, scaled, np.ascontiguousarray(row), equalities, factorized=True)[0] for row in bounds.numpy()
-        ]
+        inverse_factor = np.linalg.inv(self.factor)
+        solution = quadprog.solve_qp(inverse_factor, np.zeros(len(self.factor)), scaled, np.ascontiguousarray(bounds.numpy()), equalities, factorized=True)[0]
+        return torch.from_numpy(solution).to(self.dtype) / self.norms
+
+    def minimize_above(self, lower_bounds: Tensor) -> Tensor:
+        """``argmin_w wᵀ gramian w`` subject to ``w >= lower_bounds[r]``, for each row ``r`` of
+        ``lower_bounds (R, K)``: ``(R, K)``. With ``b = |g| lower_bounds[r]`` and ``x = b + s``, the
+        problem is ``min_{s >= 0} |R s + R b|²``, a non-negative least-squares problem solved
+        exactly by scipy's ``nnls`` (the active-set method of Lawson and Hanson, 1974, ch. 23)."""
+        shifts = (lower_bounds * self.norms).numpy()
+        solutions = [shift + nnls(self.factor, -self.factor @ shift)[0] for shift in shifts]
         return torch.from_numpy(np.stack(solutions)).to(self.dtype) / self.norms
 
 

@@ -13,7 +13,7 @@ from torch import nn
 from mtl.build import build_datamodule_and_module
 from mtl.engine import MultiTaskModule
 from mtl.engine.jacobian import task_jacobian
-from mtl.engine.jacobian_modes import JacobianEngine
+from mtl.engine.jacobian_modes import JacobianEngine, own_memory
 from mtl.methods import GramianWeighting
 from mtl.methods.double_sampling import MoDo
 from mtl.methods.dual_cone import UPGrad
@@ -377,3 +377,15 @@ def test_heads_reading_z_itself_each_run_one_pass_for_dl_dz_and_one_for_their_gr
     counts = count_gradients_reaching_each_head(module)
     one_training_step(module, batch("dropout"))
     assert counts == {task.name: 2 for task in TASKS}
+
+
+def test_gradients_kept_as_grad_have_memory_of_their_own():
+    # (a + b).sum() hands one expanded (stride-0) tensor to both a and b; c.sum() an expanded one to c.
+    a, b, c, unused = (torch.zeros(3, requires_grad=True) for _ in range(4))
+    gradients = torch.autograd.grad((a + b).sum() + 2 * c.sum(), [a, b, c, unused], allow_unused=True)
+    assert gradients[0].data_ptr() == gradients[1].data_ptr() and not gradients[0].is_contiguous() and gradients[3] is None
+    owned = own_memory(gradients, [a, b, c, unused])
+    assert len({gradient.untyped_storage().data_ptr() for gradient in owned}) == 4
+    owned[0].mul_(0.5)  # gradient clipping scales each .grad in place
+    assert owned[0].tolist() == [0.5] * 3 and owned[1].tolist() == [1.0] * 3
+    assert owned[2].tolist() == [2.0] * 3 and owned[3].tolist() == [0.0] * 3

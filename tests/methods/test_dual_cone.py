@@ -75,3 +75,16 @@ def test_a_zero_row_changes_nothing_else(name, make_method):
     with_zero = make_method(name, 3)(jacobian, torch.ones(3))
     # UPGrad averages over 3 projections, one of them 0; DualProj projects the mean over 3 rows.
     assert torch.allclose(with_zero, without_zero * 2 / 3, atol=1e-8)
+
+
+@pytest.mark.parametrize("case", JACOBIANS)
+def test_least_squares_solution_is_the_quadratic_programs(case):
+    # minimize_above (non-negative least squares in the Cholesky factor) against quadprog's dual
+    # active-set method on the same QP, min wᵀ J Jᵀ w subject to w >= u.
+    jacobian = JACOBIANS[case]
+    size = len(jacobian)
+    form = CosineQuadraticForm(jacobian @ jacobian.T)
+    preferences = torch.cat([torch.eye(size, dtype=torch.float64), torch.rand(2, size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)])
+    identity = torch.eye(size, dtype=torch.float64)
+    expected = torch.stack([form.minimize(identity, preference) for preference in preferences])
+    assert torch.allclose(form.minimize_above(preferences), expected, atol=1e-9, rtol=1e-7)
