@@ -7,8 +7,10 @@ variant the same share of the machine's drift, which separate processes (``bench
 not. Each ``rep`` step runs twice: as the engine runs it (for linear heads, the Gramian and the
 combination from the heads' products, ``mtl.engine.linear_heads``) and with the representation
 gradients formed (``products_are_cheaper`` patched to False), so the table shows what the
-products save. Prints the median step time of each variant divided by EW's, as Markdown, and
-writes every step's time to ``--out`` as JSON.
+products save. The method's own solve on the ``(K, K)`` Gramian (``gramian_weights``) is timed
+inside every step, so the table also shows the step without it: what the engine costs over EW.
+Prints the medians divided by EW's step, as Markdown, and writes every step's and every solve's
+time to ``--out`` as JSON.
 
     python scripts/bench_rep.py --out outputs/bench_rep.json
 """
@@ -32,7 +34,7 @@ from bench_steps import mtl_step
 import mtl.engine.linear_heads
 from mtl.engine.host_memory import retain_freed_host_memory
 from mtl.engine.jacobian_modes import JacobianEngine
-from mtl.methods import METHODS
+from mtl.methods import METHODS, GramianWeighting
 from mtl.tasks import INPUT_KEY
 
 METHOD_NAMES = ("mgda", "pcgrad", "cagrad", "nash_mtl", "imtl_g", "upgrad")
@@ -52,17 +54,35 @@ def uses_products(setup_name: str) -> bool:
     return representation.linear_heads is not None
 
 
-def timed_rounds(setup_name: str, methods: list[str], warmup: int, rounds: int) -> dict[str, list[float]]:
+class TimedSolves:
+    """A ``GramianWeighting`` whose ``gramian_weights`` calls are timed: ``seconds`` holds one
+    entry per call, and a rep step makes one."""
+
+    def __init__(self, method: GramianWeighting) -> None:
+        self.seconds: list[float] = []
+        self._solve = method.gramian_weights
+        method.gramian_weights = self
+
+    def __call__(self, gramian: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
+        weights = self._solve(gramian, losses)
+        self.seconds.append(time.perf_counter() - start)
+        return weights
+
+
+def timed_rounds(setup_name: str, methods: list[str], warmup: int, rounds: int) -> dict[str, dict[str, list[float]]]:
     """Seconds of every step of EW and of each method's rep step (and, with linear heads, its
-    rep step with the gradients formed), interleaved round by round."""
+    rep step with the gradients formed), interleaved round by round, and of the method's solve in
+    each rep step: ``{"steps": {variant: seconds}, "solves": {variant: seconds}}``."""
     setup = SETUPS[setup_name]
     tasks, batch = setup.tasks(), setup.batch(setup.batch_size, torch.device("cpu"))
     steps = {"ew": (mtl_step(setup.model(), tasks, None, "ew", batch)[0], False)}
-    products = uses_products(setup_name)
-    for name in methods:
-        steps[name] = (mtl_step(setup.model(), tasks, METHODS[name](len(tasks)), "rep", batch)[0], False)
-        if products:
-            steps[f"{name} {FORMED}"] = (mtl_step(setup.model(), tasks, METHODS[name](len(tasks)), "rep", batch)[0], True)
+    solves: dict[str, TimedSolves] = {}
+    variants = [(name, False) for name in methods] + ([(f"{name} {FORMED}", True) for name in methods] if uses_products(setup_name) else [])
+    for variant, formed in variants:
+        method = METHODS[variant.split()[0]](len(tasks))
+        solves[variant] = TimedSolves(method)
+        steps[variant] = (mtl_step(setup.model(), tasks, method, "rep", batch)[0], formed)
     timings: dict[str, list[float]] = {variant: [] for variant in steps}
     for round_index in track(range(warmup + rounds), description=setup_name):
         for variant, (step, formed) in steps.items():
@@ -72,17 +92,25 @@ def timed_rounds(setup_name: str, methods: list[str], warmup: int, rounds: int) 
                 elapsed = time.perf_counter() - start
             if round_index >= warmup:
                 timings[variant].append(elapsed)
-    return timings
+    return {"steps": timings, "solves": {variant: solve.seconds[-rounds:] for variant, solve in solves.items()}}
 
 
-def table(results: dict[str, dict[str, list[float]]], methods: list[str]) -> str:
-    lines = ["| setup | method | EW step (ms) | rep / EW | rep with the gradients formed / EW |", "| --- | --- | --- | --- | --- |"]
-    for setup_name, timings in results.items():
-        ew = statistics.median(timings["ew"])
+def table(results: dict[str, dict[str, dict[str, list[float]]]], methods: list[str]) -> str:
+    lines = [
+        "| setup | method | EW step (ms) | rep / EW | the method's solve (ms) | rep without the solve / EW | rep with the gradients formed / EW |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for setup_name, result in results.items():
+        steps, solves = result["steps"], result["solves"]
+        ew = statistics.median(steps["ew"])
         for name in methods:
-            formed = timings.get(f"{name} {FORMED}")
+            formed = steps.get(f"{name} {FORMED}")
             formed_cell = f"{statistics.median(formed) / ew:.2f}" if formed else "(heads not linear: always formed)"
-            lines.append(f"| {setup_name} | {name} | {1e3 * ew:.1f} | {statistics.median(timings[name]) / ew:.2f} | {formed_cell} |")
+            without_solve = statistics.median(step - solve for step, solve in zip(steps[name], solves[name]))
+            lines.append(
+                f"| {setup_name} | {name} | {1e3 * ew:.1f} | {statistics.median(steps[name]) / ew:.2f} | "
+                f"{1e3 * statistics.median(solves[name]):.1f} | {without_solve / ew:.2f} | {formed_cell} |"
+            )
     return "\n".join(lines)
 
 
@@ -90,7 +118,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="where to write every step's time (JSON)")
     parser.add_argument("--setups", nargs="+", default=["mlp-k10", "mlp-k40", "lenet-k2"], choices=sorted(SETUPS))
-    parser.add_argument("--methods", nargs="+", default=list(METHOD_NAMES), choices=sorted(METHODS), metavar="METHOD")
+    parser.add_argument("--methods", nargs="+", default=list(METHOD_NAMES), choices=sorted(name for name, method in METHODS.items() if issubclass(method, GramianWeighting)), metavar="METHOD")
     parser.add_argument("--warmup", type=int, default=5, help="untimed rounds first")
     parser.add_argument("--rounds", type=int, default=40, help="timed rounds; the median is reported")
     parser.add_argument("--threads", type=int, default=2)
@@ -99,7 +127,7 @@ def main() -> None:
     retain_freed_host_memory()
     results = {setup_name: timed_rounds(setup_name, args.methods, args.warmup, args.rounds) for setup_name in args.setups}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"threads": args.threads, "torch": torch.__version__, "rounds": args.rounds, "warmup": args.warmup, "seconds": results}, indent=1))
+    args.out.write_text(json.dumps({"threads": args.threads, "torch": torch.__version__, "rounds": args.rounds, "warmup": args.warmup, "results": results}, indent=1))
     print(f"{args.threads} threads, torch {torch.__version__}; median of {args.rounds} interleaved rounds after {args.warmup}\n")
     print(table(results, args.methods))
 

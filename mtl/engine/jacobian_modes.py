@@ -222,7 +222,7 @@ class JacobianEngine:
         self._fill_jacobians(jacobians, backpropagated, shared, averaging)
         direction = method(jacobians[0], group_losses[0]) if len(group_losses) == 1 else method(jacobians, group_losses)
         # a copy: a method may return a view of the Jacobian buffer, which the next pass overwrites
-        parts = direction.clone().split([parameter.numel() for parameter in shared])
+        parts = direction.to(jacobians.dtype, copy=True).split([parameter.numel() for parameter in shared])
         return [part.view_as(parameter) for part, parameter in zip(parts, shared)]
 
     def jacobians(

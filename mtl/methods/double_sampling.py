@@ -39,7 +39,7 @@ from abc import abstractmethod
 import torch
 from torch import Tensor
 
-from mtl.methods.base import GradientAggregator, register
+from mtl.methods.base import GradientAggregator, register, row_inner_products
 from mtl.methods.simplex import project_onto_simplex
 
 SCALE_FLOOR = 1e-8
@@ -60,7 +60,7 @@ class DoubleSampling(GradientAggregator):
         if jacobian.dim() != 3 or len(jacobian) != self.independent_samples:
             raise ValueError(f"{type(self).__name__} needs {self.independent_samples} Jacobians (N, K, P), got shape {tuple(jacobian.shape)}")
         matrix = jacobian if jacobian.dtype in (torch.float32, torch.float64) else jacobian.float()
-        cross_gramian = (matrix[0] @ matrix[1].T).double()
+        cross_gramian = row_inner_products(matrix[0], matrix[1]).double()
         self.task_weights = self.updated_weights(cross_gramian)
         self.last_weights = self.task_weights
         return self.direction(matrix[2]).to(jacobian.dtype)
