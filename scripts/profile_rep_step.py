@@ -10,8 +10,8 @@ On a ``bench_setups`` setup (default mlp-k40, whose heads are linear), with the 
 - the Gramian of the representation gradients from the linear heads' products
   (``mtl.engine.linear_heads``) and from the formed ``Z (K, B·D)``, and their combination;
 - each method's weights from that Gramian; the encoder's backward of one direction;
-- UPGrad's weights with its matrix prepared once per step (``CosineQuadraticForm``) beside once
-  per QP (``minimize_quadratic_form`` for each row), on the same Gramian.
+- UPGrad's weights as the method solves them (``K`` non-negative least-squares problems,
+  ``CosineQuadraticForm.minimize_above``) beside ``K`` QPs by quadprog, on the same Gramian.
 
     python scripts/profile_rep_step.py --setup mlp-k40
 """
@@ -33,7 +33,7 @@ from mtl.engine.jacobian_modes import JacobianEngine, dense
 from mtl.engine.linear_heads import LinearHeadGradients
 from mtl.methods import METHODS
 from mtl.methods.dual_cone import UPGrad
-from mtl.methods.mgda import minimize_quadratic_form
+from mtl.methods.mgda import CosineQuadraticForm
 from mtl.tasks import INPUT_KEY, task_losses
 
 METHOD_NAMES = ("mgda", "pcgrad", "cagrad", "nash_mtl", "imtl_g", "upgrad")
@@ -43,10 +43,10 @@ def median_ms(work, warmup: int, steps: int) -> float:
     return 1e3 * statistics.median(step_timings(work, warmup, steps, torch.device("cpu")))
 
 
-def upgrad_weights_per_qp(gramian: torch.Tensor) -> torch.Tensor:
-    """UPGrad's weights with the quadratic form prepared again for each of its K QPs."""
-    rows = torch.eye(len(gramian), dtype=gramian.dtype)
-    return torch.stack([torch.maximum(minimize_quadratic_form(gramian, rows, row), row) for row in rows]).mean(dim=0)
+def upgrad_weights_by_quadprog(gramian: torch.Tensor) -> torch.Tensor:
+    """UPGrad's weights from K QPs solved by quadprog (its dual active-set method)."""
+    form, rows = CosineQuadraticForm(gramian), torch.eye(len(gramian), dtype=gramian.dtype)
+    return torch.stack([torch.maximum(form.minimize(rows, row), row) for row in rows]).mean(dim=0)
 
 
 def main() -> None:
@@ -100,8 +100,8 @@ def main() -> None:
         method = METHODS[name](len(tasks))
         parts[f"{name} weights from the Gramian"] = timed(lambda method=method: method.gramian_weights(gramian, stacked[0]))
     gramian = gramian.double()
-    parts["UPGrad weights, quadratic form prepared once per step"] = timed(lambda: UPGrad(len(tasks)).weights(gramian, stacked[0].double()))
-    parts["UPGrad weights, quadratic form prepared for each QP"] = timed(lambda: upgrad_weights_per_qp(gramian))
+    parts["UPGrad weights, K non-negative least squares (the method)"] = timed(lambda: UPGrad(len(tasks)).weights(gramian, stacked[0].double()))
+    parts["UPGrad weights, K QPs by quadprog"] = timed(lambda: upgrad_weights_by_quadprog(gramian))
     print(f"{args.setup}, {args.threads} threads, torch {torch.__version__}; median over {args.steps} calls after {args.warmup}\n")
     print("| part | ms |\n| --- | --- |")
     for part, milliseconds in parts.items():
