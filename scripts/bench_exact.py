@@ -6,11 +6,12 @@ the step of each peer that has the method (``bench_peers.py``: LibMTL, TorchJD) 
 weights) and the same batch. Interleaving gives every variant the same share of the machine's
 drift, which ``bench_step.py``'s separate processes do not: there, repeated measurements of one
 computation differ by up to 30%, here the ratios between the libraries hold. Peak memory stays
-``bench_step.py``'s, which needs a fresh process per measurement. ``auto`` decides on its first
-warm-up step; the table names its choice. A peer that cannot run a combination (LibMTL's CAGrad
-takes exactly 3 tasks) is left out with its reason. Prints the medians divided by EW's, as
-Markdown, and writes every step's time to ``--out`` as JSON. Install the peers as
-``bench_step.py --help`` says, then (about 10 minutes on the 2-core machine):
+``bench_step.py``'s, which needs a fresh process per measurement. ``auto`` runs its trial
+(``ModeTrial``: a few steps in each exact mode) in its first step; the table names its choice. A
+peer that cannot run a combination (LibMTL's CAGrad takes exactly 3 tasks) is left out with its
+reason. Prints the medians divided by EW's, as Markdown, and writes every step's time to ``--out``
+as JSON. Install the peers as ``bench_step.py --help`` says, then (about 10 minutes on the 2-core
+machine):
 
     /tmp/peers/bin/python scripts/bench_exact.py --out outputs/bench_exact.json
 """
@@ -39,7 +40,7 @@ EXACT_MODES = ("loop", "batched", "auto")
 
 
 def steps_to_time(setup_name: str, method: str, peers: dict[str, bench_peers.Peer]) -> tuple[dict[str, Step], str, dict[str, str]]:
-    """The steps of every variant of ``method`` on ``setup_name``; what ``auto`` chose (on its first
+    """The steps of every variant of ``method`` on ``setup_name``; what ``auto`` chose (in its first
     step, run here); why a peer's variant is left out (each peer's first step runs here, and one
     that raises is left out)."""
     setup = SETUPS[setup_name]

@@ -87,7 +87,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--batch-size", nargs="+", default=[], metavar="[SETUP=]SIZE", help="batch size of every setup (64), or of one (resnet18-k40=64); default: each setup's own, see bench_setups.py"
     )
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing (auto decides on the first)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing (auto runs its trial steps in the first)")
     parser.add_argument("--steps", type=int, default=7, help="timed steps; the median is reported")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in every measurement")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")

@@ -73,7 +73,8 @@ def loss_weighting_step(model: nn.Module, tasks: list[Task], method: LossWeighti
 
 
 def aggregator_step(model: nn.Module, tasks: list[Task], method: GradientAggregator, mode: str, batch: Mapping[str, Tensor]) -> tuple[Step, Details]:
-    """The aggregator's step with the Jacobian from ``mode``; ``details()`` says what ``auto`` chose."""
+    """The aggregator's step with the Jacobian from ``mode``; ``details()`` says what ``auto`` chose.
+    In ``auto`` mode the first call runs the steps of its trial until it chooses."""
     optimizer = sgd([*model.parameters(), *method.parameters()])
     shared = trained(model.shared_parameters())
     heads = trained(parameter for task in tasks for parameter in model.task_parameters(task.name))
@@ -93,8 +94,16 @@ def aggregator_step(model: nn.Module, tasks: list[Task], method: GradientAggrega
         losses = torch.stack([torch.stack(sample) for sample in separate])
         engine.write_gradients(method, losses, representations, shared, heads, len(batch[INPUT_KEY]), separate=separate)
 
-    details = (lambda: {"auto_chose": engine.mode}) if mode == "auto" else dict
-    return _optimized(optimizer, gradients), details
+    step = _optimized(optimizer, gradients)
+    if mode != "auto":
+        return step, dict
+
+    def step_after_the_trial() -> None:
+        step()
+        while engine.mode == "auto":  # the first call runs auto's trial steps (ModeTrial) to its choice
+            step()
+
+    return step_after_the_trial, lambda: {"auto_chose": engine.mode}
 
 
 def reference_gradients(model: nn.Module, tasks: list[Task], method: GradientAggregator, parts: list[dict[str, Tensor]], shared: list[nn.Parameter], heads: list[nn.Parameter]) -> Step:

@@ -30,8 +30,11 @@ alone) and the heads' gradients from one more pass, so its heads are traversed t
   linear layer and the aggregator a Gramian weighting, ``Z`` is never formed: its Gramian and the
   direction come from the heads' output gradients and weights (``mtl.engine.linear_heads``), and
   the step costs about one ordinary training step at any ``K``.
-- ``auto`` (default): ``batched`` or ``loop``, whichever computes the first step's Jacobian faster
-  (each timed twice on that step, the better timing counts); decided once and logged at INFO.
+- ``auto`` (default): ``batched`` or ``loop``, whichever makes the whole gradient step faster
+  (``ModeTrial``: the two take turns over the first ``2 · (1 + TRIAL_STEPS)`` calls of
+  ``write_gradients``, each mode's first call is its warm-up and its best later timing counts);
+  decided once and logged at INFO. The step is timed, not the Jacobian alone, since a mode's
+  memory traffic also slows what follows it (the method's Gramian, the write into ``.grad``).
 
 Both exact modes give the reference Jacobian (up to float rounding) on any model, BatchNorm and
 dropout included, since the forward pass is the ordinary one. They assume that ``decode`` uses no
@@ -69,6 +72,7 @@ from mtl.methods.task_state import TaskStateAggregator
 
 MODES = ("auto", "loop", "batched", "rep")
 EXACT_MODES = ("loop", "batched")
+TRIAL_STEPS = 3
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +94,36 @@ class Representation:
     linear_heads: LinearHeadOutputs | None = None
 
 
+class ModeTrial:
+    """``jacobian.mode=auto``'s decision: the exact modes take turns, one gradient step each, until
+    every mode has had a warm-up step (buffers allocated, caches filled; not counted) and ``steps``
+    timed ones. The mode with the best timed step is the choice. ``batched`` goes first, so that an
+    op without a batching rule shows on the first step."""
+
+    def __init__(self, modes: Sequence[str] = ("batched", "loop"), steps: int = TRIAL_STEPS) -> None:
+        self.timings: dict[str, list[float]] = {mode: [] for mode in modes}
+        self.steps = steps
+
+    @property
+    def mode(self) -> str:
+        """The mode whose turn it is: the one with the fewest steps so far."""
+        return min(self.timings, key=lambda mode: len(self.timings[mode]))
+
+    def record(self, mode: str, seconds: float) -> str | None:
+        """Count a step of ``mode``; returns the choice once every mode has had all its steps."""
+        self.timings[mode].append(seconds)
+        if any(len(timings) <= self.steps for timings in self.timings.values()):
+            return None
+        return min(self.timings, key=self.best)
+
+    def best(self, mode: str) -> float:
+        """The best timed step of ``mode`` (its warm-up left out)."""
+        return min(self.timings[mode][1:])
+
+    def summary(self) -> str:
+        return ", ".join(f"{mode} {self.best(mode) * 1e3:.2f} ms" for mode in self.timings) + " per gradient step"
+
+
 class JacobianEngine:
     """Computes the task Jacobian (or, in ``rep`` mode, the representation gradients) and writes
     the aggregated direction into the shared parameters' ``.grad``.
@@ -107,6 +141,7 @@ class JacobianEngine:
         self.mode = mode
         self.chunk = chunk
         self.groups = TaskGroups(groups, regroup_every)
+        self._trial = ModeTrial()
         self._buffers: dict[str, Tensor] = {}
 
     def bind(self, task_names: Sequence[str]) -> int:
@@ -173,6 +208,28 @@ class JacobianEngine:
         method runs, ``local`` averages ``[direction | head gradients]`` after it.
         """
         sync = sync or GradientSync()
+        if self.mode != "auto":
+            self._write_gradients(method, losses, representations, shared, heads, batch_size, sync, separate)
+            return
+        mode = self._trial.mode
+        seconds = timed(lambda: self._write_gradients(method, losses, representations, shared, heads, batch_size, sync, separate), shared[0])
+        choice = self._trial.record(mode, seconds) if self.mode == "auto" else None  # None once batched fell back to loop
+        if choice is not None:
+            self.mode = choice
+            log.info("jacobian.mode=auto chose %s (%s)", choice, self._trial.summary())
+
+    def _write_gradients(
+        self,
+        method: GradientAggregator,
+        losses: Tensor,
+        representations: Sequence[Representation | None],
+        shared: Sequence[nn.Parameter],
+        heads: Sequence[nn.Parameter],
+        batch_size: int,
+        sync: GradientSync,
+        separate: Sequence[Sequence[Tensor]] | None,
+    ) -> None:
+        """``write_gradients`` in the engine's mode (in ``auto`` mode, the one on trial)."""
         if self.mode == "rep" and sync.exact and sync.active:
             raise ValueError("jacobian.mode=rep aggregates gradients of this process's representation; with several processes use distributed.sync=local or an exact jacobian mode")
         backpropagated, own_gradients = self.backward_through_heads(separate if separate is not None else losses, losses, representations, heads)
@@ -303,11 +360,10 @@ class JacobianEngine:
         return representation.tensor, self._representation_gradients(separate, representation.tensor, sample)
 
     def _fill(self, rows: Tensor, outputs: Tensor, cotangents: Tensor, shared: Sequence[nn.Parameter]) -> None:
-        """``rows[k] = vec((d outputs/dθ)ᵀ · cotangents[k])`` in the engine's exact mode."""
-        if self.mode == "auto":
-            self.mode = self._fastest(rows, outputs, cotangents, shared)
-            return
-        if self.mode == "batched":
+        """``rows[k] = vec((d outputs/dθ)ᵀ · cotangents[k])`` in the engine's exact mode (in ``auto``
+        mode, the one on trial)."""
+        mode = self._trial.mode if self.mode == "auto" else self.mode
+        if mode == "batched":
             try:
                 self._fill_batched(rows, outputs, cotangents, shared)
                 return
@@ -335,21 +391,6 @@ class JacobianEngine:
         reason = str(error).splitlines()[0]
         warnings.warn(f"jacobian.mode=batched is not possible for this model ({reason}); using jacobian.mode=loop", RuntimeWarning, stacklevel=2)
         self.mode = "loop"
-
-    def _fastest(self, rows: Tensor, outputs: Tensor, cotangents: Tensor, shared: Sequence[nn.Parameter]) -> str:
-        """``batched`` or ``loop``, whichever fills ``rows`` faster (the better of two timings each);
-        ``rows`` is left filled."""
-        timings = {}
-        for mode, fill in (("batched", self._fill_batched), ("loop", self._fill_looped)):
-            try:
-                timings[mode] = min(timed(lambda: fill(rows, outputs, cotangents, shared), rows) for _ in range(2))
-            except torch.OutOfMemoryError:
-                raise
-            except RuntimeError as error:
-                self._fall_back(error)
-        choice = min(timings, key=timings.get)
-        log.info("jacobian.mode=auto chose %s (%s)", choice, ", ".join(f"{mode} {seconds * 1e3:.2f} ms" for mode, seconds in timings.items()))
-        return choice
 
     def _representation_direction(
         self,

@@ -4,6 +4,7 @@ import collections
 import copy
 import functools
 import logging
+import time
 import warnings
 
 import pytest
@@ -13,7 +14,7 @@ from torch import nn
 from mtl.build import build_datamodule_and_module
 from mtl.engine import MultiTaskModule
 from mtl.engine.jacobian import task_jacobian
-from mtl.engine.jacobian_modes import JacobianEngine, own_memory
+from mtl.engine.jacobian_modes import TRIAL_STEPS, JacobianEngine, ModeTrial, own_memory
 from mtl.methods import GramianWeighting
 from mtl.methods.double_sampling import MoDo
 from mtl.methods.dual_cone import UPGrad
@@ -195,13 +196,45 @@ def test_a_batched_call_without_a_batching_rule_falls_back_to_loop_with_one_warn
     assert engine.mode == "loop"
 
 
-def test_auto_settles_on_one_exact_mode_and_logs_it_once(caplog):
-    engine, model = JacobianEngine("auto"), make("dropout")
+def test_the_mode_trial_takes_turns_and_keeps_the_mode_of_the_best_step_after_the_warm_ups():
+    trial = ModeTrial(("loop", "batched"), steps=2)
+    # loop's warm-up is the fastest step of all, batched's best timed step beats loop's
+    seconds = {"loop": [0.1, 4.0, 3.0], "batched": [9.0, 2.5, 5.0]}
+    turns, choices = [], []
+    for _ in range(6):
+        mode = trial.mode
+        turns.append(mode)
+        choices.append(trial.record(mode, seconds[mode][turns.count(mode) - 1]))
+    assert turns == ["loop", "batched"] * 3
+    assert choices == [None] * 5 + ["batched"]
+
+
+def slowed(fill, seconds=0.02):
+    def slow_fill(*arguments):
+        time.sleep(seconds)
+        fill(*arguments)
+
+    return slow_fill
+
+
+@pytest.mark.parametrize("slow", ["loop", "batched"])
+def test_auto_times_whole_steps_in_turn_and_keeps_the_faster_mode(slow, caplog):
+    model, data = make("dropout"), batch("dropout")
+    expected, _ = reference_jacobian(copy.deepcopy(model), data)
+    engine, method = JacobianEngine("auto"), Recording(len(TASKS))
+    fill = "_fill_looped" if slow == "loop" else "_fill_batched"
+    setattr(engine, fill, slowed(getattr(engine, fill)))
+    modes = []
     with caplog.at_level(logging.INFO, logger="mtl.engine.jacobian_modes"):
-        for seed in (1, 3):
-            engine_jacobian(engine, model, batch("dropout", seed=seed))
-    assert engine.mode in ("loop", "batched")
-    assert [record.getMessage().split(" (")[0] for record in caplog.records] == [f"jacobian.mode=auto chose {engine.mode}"]
+        for _ in range(2 * (TRIAL_STEPS + 1) + 2):
+            modes.append(engine._trial.mode if engine.mode == "auto" else engine.mode)
+            torch.manual_seed(2)
+            representation, predictions = engine.forward(model, data["input"], NAMES)
+            engine.write_gradients(method, stack_losses(TASKS, predictions, data)[None], [representation], shared(model))
+            assert torch.allclose(method.jacobian, expected, atol=1e-6)
+    fast = "batched" if slow == "loop" else "loop"
+    assert modes == ["batched", "loop"] * (TRIAL_STEPS + 1) + [fast, fast]
+    assert [record.getMessage().split(" (")[0] for record in caplog.records] == [f"jacobian.mode=auto chose {fast}"]
 
 
 @pytest.mark.parametrize("mode", ["loop", "batched"])
@@ -237,6 +270,14 @@ def test_independent_samples_each_get_their_own_jacobian(mode):
 class MeanOfRows(GramianWeighting):
     def weights(self, gramian, losses):
         return torch.full((len(gramian),), 1 / len(gramian), dtype=gramian.dtype)
+
+
+class Recording(MeanOfRows):
+    """Keeps a copy of the last Jacobian it was given."""
+
+    def forward(self, jacobian, losses):
+        self.jacobian = jacobian.clone()
+        return super().forward(jacobian, losses)
 
 
 def step_module(mode, method):
