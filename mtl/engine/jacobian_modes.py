@@ -55,6 +55,7 @@ included) and leaves ``.grad`` untouched; the engine then writes the shared para
 from __future__ import annotations
 
 import logging
+import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -242,7 +243,7 @@ class JacobianEngine:
         averaging = None if self.groups.trivial else self.groups.matrix(losses)
         group_losses = grouped(losses, averaging).detach()
         samples, rows_per_sample = group_losses.shape
-        if sync.exact and self.mode != "rep":
+        if sync.exact and sync.active and self.mode != "rep":
             width, head_width = numel(shared), numel(heads)
             flat = self._buffer("exact", (samples * rows_per_sample * (width + 1) + head_width + 1,), shared[0])
             rows, head_gradients, row_losses, weight = flat.split([samples * rows_per_sample * width, head_width, samples * rows_per_sample, 1])
@@ -257,8 +258,8 @@ class JacobianEngine:
             set_gradient(shared, direction)
             set_gradient(heads, head_gradients)
         else:
+            # one process (where exact and local agree): the gradients become the .grad as they are, without a copy
             direction = self._direction(method, group_losses, backpropagated, shared, averaging)
-            # one process: the gradients become the .grad as they are, without a copy
             gradients = sync.average([*direction, *own_memory(own_gradients, heads)], batch_size)
             for parameter, gradient in zip([*shared, *heads], gradients):
                 parameter.grad = gradient
@@ -275,6 +276,10 @@ class JacobianEngine:
         tensor per shared parameter, each with memory of its own."""
         if self.mode == "rep":
             return self._representation_direction(method, group_losses[0], backpropagated[0], shared, averaging)
+        if self._exact_mode == "batched" and isinstance(method, GramianWeighting) and len(group_losses) == 1 and (self.chunk or math.inf) >= group_losses.shape[1]:
+            direction = self._blockwise_direction(method, group_losses[0], backpropagated[0], shared, averaging)
+            if direction is not None:
+                return direction
         jacobians = self._buffer("jacobian", (*group_losses.shape, numel(shared)), shared[0])
         self._fill_jacobians(jacobians, backpropagated, shared, averaging)
         direction = method(jacobians[0], group_losses[0]) if len(group_losses) == 1 else method(jacobians, group_losses)
@@ -338,10 +343,7 @@ class JacobianEngine:
         """``buffer[n]`` = the Jacobian of sample ``n``, its rows averaged over groups of tasks by
         ``averaging (C, K)`` when given (``C`` backward passes through the encoder instead of ``K``)."""
         for rows, (outputs, cotangents) in zip(buffer, backpropagated):
-            cotangents = dense(cotangents)
-            if averaging is not None:
-                cotangents = torch.tensordot(averaging, cotangents, dims=1)
-            self._fill(rows, outputs, cotangents, shared)
+            self._fill(rows, outputs, grouped_cotangents(cotangents, averaging), shared)
 
     def _representation_gradients(self, losses: Sequence[Tensor], representation: Tensor, sample: int = 0) -> Tensor:
         """``dL_k/dz`` for every task, ``(K, *z.shape)``, for heads that read ``z`` itself: one
@@ -360,32 +362,59 @@ class JacobianEngine:
         return representation.tensor, self._representation_gradients(separate, representation.tensor, sample)
 
     def _fill(self, rows: Tensor, outputs: Tensor, cotangents: Tensor, shared: Sequence[nn.Parameter]) -> None:
-        """``rows[k] = vec((d outputs/dθ)ᵀ · cotangents[k])`` in the engine's exact mode (in ``auto``
-        mode, the one on trial)."""
-        mode = self._trial.mode if self.mode == "auto" else self.mode
-        if mode == "batched":
-            try:
-                self._fill_batched(rows, outputs, cotangents, shared)
-                return
-            except torch.OutOfMemoryError:
-                raise
-            except RuntimeError as error:
-                self._fall_back(error)
+        """``rows[k] = vec((d outputs/dθ)ᵀ · cotangents[k])`` in the engine's exact mode."""
+        if self._exact_mode == "batched" and self._fill_batched(rows, outputs, cotangents, shared):
+            return
         self._fill_looped(rows, outputs, cotangents, shared)
+
+    @property
+    def _exact_mode(self) -> str:
+        """The engine's mode; in ``auto`` mode, the one on trial."""
+        return self._trial.mode if self.mode == "auto" else self.mode
 
     def _fill_looped(self, rows: Tensor, outputs: Tensor, cotangents: Tensor, shared: Sequence[nn.Parameter]) -> None:
         for row, cotangent in zip(rows, cotangents):
             gradients = torch.autograd.grad(outputs, shared, grad_outputs=cotangent, retain_graph=True, allow_unused=True)
             scatter(gradients, shared, row)
 
-    def _fill_batched(self, rows: Tensor, outputs: Tensor, cotangents: Tensor, shared: Sequence[nn.Parameter]) -> None:
+    def _fill_batched(self, rows: Tensor, outputs: Tensor, cotangents: Tensor, shared: Sequence[nn.Parameter]) -> bool:
+        """``_fill`` by one vmapped pass per chunk of tasks; False, with ``rows`` not filled, when the
+        model has an op without a batching rule."""
         size = self.chunk or len(rows)
         for start in range(0, len(rows), size):
             block = slice(start, start + size)
-            gradients = torch.autograd.grad(
-                outputs, shared, grad_outputs=cotangents[block], retain_graph=True, allow_unused=True, is_grads_batched=True
-            )
+            gradients = self._batched_gradients(outputs, cotangents[block], shared)
+            if gradients is None:
+                return False
             scatter(gradients, shared, rows[block])
+        return True
+
+    def _batched_gradients(self, outputs: Tensor, cotangents: Tensor, shared: Sequence[nn.Parameter]) -> tuple[Tensor | None, ...] | None:
+        """The vector-Jacobian products of all ``cotangents`` in one vmapped pass: per parameter
+        ``(len(cotangents), *parameter.shape)``, or None where no output depends on it. None when an
+        op has no batching rule, and the engine then uses ``loop`` for the rest of the run."""
+        try:
+            return torch.autograd.grad(outputs, shared, grad_outputs=cotangents, retain_graph=True, allow_unused=True, is_grads_batched=True)
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError as error:
+            self._fall_back(error)
+            return None
+
+    def _blockwise_direction(
+        self, method: GramianWeighting, losses: Tensor, backpropagated: tuple[Tensor, Tensor | LinearHeadGradients], shared: Sequence[nn.Parameter], averaging: Tensor | None
+    ) -> list[Tensor] | None:
+        """``batched`` mode's direction for a Gramian weighting when every task fits in one vmapped
+        pass: that pass returns the Jacobian as one block of columns per parameter, which the method
+        takes as they are (``GramianWeighting.combine_blocks``). They are never copied into the
+        ``(K, P)`` buffer, so the step holds one Jacobian instead of two. None when an op has no
+        batching rule (``_batched_gradients``)."""
+        outputs, cotangents = backpropagated
+        gradients = self._batched_gradients(outputs, grouped_cotangents(cotangents, averaging), shared)
+        if gradients is None:
+            return None
+        parts = iter(method.combine_blocks([gradient.flatten(start_dim=1) for gradient in gradients if gradient is not None], losses))
+        return [torch.zeros_like(parameter) if gradient is None else next(parts).view_as(parameter) for gradient, parameter in zip(gradients, shared)]
 
     def _fall_back(self, error: RuntimeError) -> None:
         reason = str(error).splitlines()[0]
@@ -443,6 +472,13 @@ def linear_heads_direction(method: GramianWeighting, gradients: LinearHeadGradie
 def dense(gradients: Tensor | LinearHeadGradients) -> Tensor:
     """The representation gradients ``(K, *z.shape)``, formed if they are held as products."""
     return gradients.dense() if isinstance(gradients, LinearHeadGradients) else gradients
+
+
+def grouped_cotangents(cotangents: Tensor | LinearHeadGradients, averaging: Tensor | None) -> Tensor:
+    """What the encoder part backpropagates: the representation gradients ``(K, *z.shape)``, or
+    with ``averaging (C, K)`` their means over the groups of tasks ``(C, *z.shape)``."""
+    cotangents = dense(cotangents)
+    return cotangents if averaging is None else torch.tensordot(averaging, cotangents, dims=1)
 
 
 def grouped(losses: Tensor, averaging: Tensor | None) -> Tensor:

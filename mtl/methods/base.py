@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar, TypeVar
 
@@ -127,9 +127,16 @@ class GramianWeighting(GradientAggregator):
         """Weights ``(K,)`` (float64) from the Gramian ``(K, K)`` and losses ``(K,)``, both float64."""
 
     def forward(self, jacobian: Tensor, losses: Tensor) -> Tensor:
-        matrix = jacobian if jacobian.dtype in (torch.float32, torch.float64) else jacobian.float()
-        weights = self.gramian_weights(row_inner_products(matrix, matrix), losses)
-        return (weights.to(matrix.device, matrix.dtype) @ matrix).to(jacobian.dtype)
+        (direction,) = self.combine_blocks([jacobian], losses)
+        return direction
+
+    def combine_blocks(self, blocks: Sequence[Tensor], losses: Tensor) -> list[Tensor]:
+        """``forward`` for a Jacobian given as blocks of its columns, ``[G[:, columns] (K, P_i)]``
+        (one per parameter, as a batched backward pass returns them): the direction's blocks. The
+        Gramian is the sum of the blocks' Gramians, and the Jacobian is never put together."""
+        matrices = [block if block.dtype in (torch.float32, torch.float64) else block.float() for block in blocks]
+        weights = self.gramian_weights(sum(row_inner_products(matrix, matrix) for matrix in matrices), losses)
+        return [(weights.to(matrix.device, matrix.dtype) @ matrix).to(block.dtype) for matrix, block in zip(matrices, blocks)]
 
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
         """``weights`` for a Gramian and losses of any device and dtype, solved in float64 on the

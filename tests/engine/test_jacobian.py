@@ -209,12 +209,19 @@ def test_the_mode_trial_takes_turns_and_keeps_the_mode_of_the_best_step_after_th
     assert choices == [None] * 5 + ["batched"]
 
 
-def slowed(fill, seconds=0.02):
-    def slow_fill(*arguments):
-        time.sleep(seconds)
-        fill(*arguments)
+def write_gradients(engine, method, model, data, seed=2):
+    """One call of the engine's ``write_gradients`` for the whole batch, dropout drawn from ``seed``."""
+    torch.manual_seed(seed)
+    representation, predictions = engine.forward(model, data["input"], NAMES)
+    engine.write_gradients(method, stack_losses(TASKS, predictions, data)[None], [representation], shared(model))
 
-    return slow_fill
+
+def slowed(work, seconds=0.02):
+    def slow_work(*arguments):
+        time.sleep(seconds)
+        return work(*arguments)
+
+    return slow_work
 
 
 @pytest.mark.parametrize("slow", ["loop", "batched"])
@@ -222,19 +229,41 @@ def test_auto_times_whole_steps_in_turn_and_keeps_the_faster_mode(slow, caplog):
     model, data = make("dropout"), batch("dropout")
     expected, _ = reference_jacobian(copy.deepcopy(model), data)
     engine, method = JacobianEngine("auto"), Recording(len(TASKS))
-    fill = "_fill_looped" if slow == "loop" else "_fill_batched"
-    setattr(engine, fill, slowed(getattr(engine, fill)))
+    backward = "_fill_looped" if slow == "loop" else "_batched_gradients"
+    setattr(engine, backward, slowed(getattr(engine, backward)))
     modes = []
     with caplog.at_level(logging.INFO, logger="mtl.engine.jacobian_modes"):
         for _ in range(2 * (TRIAL_STEPS + 1) + 2):
             modes.append(engine._trial.mode if engine.mode == "auto" else engine.mode)
-            torch.manual_seed(2)
-            representation, predictions = engine.forward(model, data["input"], NAMES)
-            engine.write_gradients(method, stack_losses(TASKS, predictions, data)[None], [representation], shared(model))
+            write_gradients(engine, method, model, data)
             assert torch.allclose(method.jacobian, expected, atol=1e-6)
     fast = "batched" if slow == "loop" else "loop"
     assert modes == ["batched", "loop"] * (TRIAL_STEPS + 1) + [fast, fast]
     assert [record.getMessage().split(" (")[0] for record in caplog.records] == [f"jacobian.mode=auto chose {fast}"]
+
+
+@pytest.mark.parametrize("chunk", [None, 2])
+def test_batched_hands_a_gramian_weighting_the_jacobian_in_blocks_without_the_buffer(chunk):
+    model, data = make("unused"), batch("unused")
+    expected, losses = reference_jacobian(copy.deepcopy(model), data)
+    expected_direction = UPGrad(len(TASKS))(expected, losses.detach())
+    engine = JacobianEngine("batched", chunk)
+    write_gradients(engine, UPGrad(len(TASKS)), model, data)
+    direction = torch.cat([parameter.grad.flatten() for parameter in shared(model)])
+    assert torch.allclose(direction, expected_direction, atol=1e-6)
+    assert torch.all(model.encoder.unused.grad == 0)
+    # every task in one vmapped pass: its blocks are the Jacobian; in chunks: the (K, P) buffer
+    assert ("jacobian" in engine._buffers) == (chunk is not None)
+
+
+def test_the_blocks_fall_back_to_loop_without_a_batching_rule():
+    model, data = HardParameterSharing(functools.partial(MLPWithoutBatchingRule, hidden=(4,)), MLPHead, TASKS, (1, 2, 2)), batch("dropout")
+    expected, _ = reference_jacobian(model, data)
+    engine, method = JacobianEngine("batched"), Recording(len(TASKS))
+    with pytest.warns(RuntimeWarning, match="jacobian.mode=batched is not possible"):
+        write_gradients(engine, method, model, data)
+    assert engine.mode == "loop"
+    assert torch.allclose(method.jacobian, expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["loop", "batched"])
@@ -273,11 +302,11 @@ class MeanOfRows(GramianWeighting):
 
 
 class Recording(MeanOfRows):
-    """Keeps a copy of the last Jacobian it was given."""
+    """Keeps a copy of the last Jacobian it was given, whole or in blocks of columns."""
 
-    def forward(self, jacobian, losses):
-        self.jacobian = jacobian.clone()
-        return super().forward(jacobian, losses)
+    def combine_blocks(self, blocks, losses):
+        self.jacobian = torch.cat(blocks, dim=1)
+        return super().combine_blocks(blocks, losses)
 
 
 def step_module(mode, method):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import mtl.methods  # noqa: F401  (registers every method)
-from mtl.methods import METHODS, GradientAggregator, LossWeighting
+from mtl.methods import METHODS, GradientAggregator, GramianWeighting, LossWeighting
 from tests.methods.conftest import random_jacobian
 
 AGGREGATORS = sorted(name for name, cls in METHODS.items() if issubclass(cls, GradientAggregator))
@@ -68,6 +68,17 @@ def test_reordering_the_tasks_does_not_change_the_direction(name, make_method):
     direct = aggregate(make_method(name, 4), jacobian, losses)
     permuted = aggregate(make_method(name, 4), jacobian[order], losses[order])
     assert torch.allclose(direct, permuted, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(name for name in AGGREGATORS if issubclass(METHODS[name], GramianWeighting)))
+def test_a_gramian_weighting_of_column_blocks_gives_the_blocks_of_the_whole_direction(name, make_method):
+    jacobian, losses = random_jacobian(4, 9), torch.tensor([0.3, 1.0, 2.0, 0.7])
+    torch.manual_seed(0)
+    whole = make_method(name, 4)(jacobian, losses)
+    torch.manual_seed(0)
+    blocks = make_method(name, 4).combine_blocks(list(jacobian.split([3, 1, 5], dim=1)), losses)
+    assert [block.shape for block in blocks] == [(3,), (1,), (5,)]
+    assert torch.allclose(torch.cat(blocks), whole, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", WEIGHTINGS)
