@@ -2,13 +2,18 @@ import numpy as np
 import pytest
 import torch
 
-from mtl.methods.nash_mtl import NashMTL, concave_convex_procedure, convex_solution, equation_residual, nash_weights
+from mtl.methods.nash_mtl import NashMTL, convex_solution, nash_weights
 from tests.methods.conftest import random_jacobian
 
 
-def solve(jacobian: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def solve(jacobian: torch.Tensor, start: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     gramian = jacobian.double() @ jacobian.double().T
-    return nash_weights(gramian, torch.zeros(len(gramian), dtype=torch.float64), iterations=20), gramian
+    return nash_weights(gramian, torch.zeros(len(gramian), dtype=torch.float64) if start is None else start), gramian
+
+
+def equation_residual(gramian: np.ndarray, weights: np.ndarray) -> float:
+    """``max_k |α_k (M α)_k - 1|``."""
+    return float(np.abs(weights * (gramian @ weights) - 1).max())
 
 
 @pytest.mark.parametrize(("num_tasks", "num_parameters", "seed"), [(2, 6, 0), (3, 10, 1), (4, 12, 2), (5, 30, 3), (6, 40, 4)])
@@ -20,17 +25,18 @@ def test_weights_solve_the_bargaining_equation(num_tasks, num_parameters, seed):
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_the_concave_convex_procedure_alone_reaches_the_solution(seed):
-    jacobian = random_jacobian(3, 10, seed=seed).double()
-    jacobian[1] += jacobian[0]  # overlapping but not conflicting much: the CCP's start is feasible
-    norms = jacobian.norm(dim=1)
-    cosines = ((jacobian @ jacobian.T) / norms[:, None] / norms[None, :]).numpy()
-    weights = concave_convex_procedure(cosines, np.ones(3), iterations=20)
-    assert equation_residual(cosines, weights) < 1e-8
+def test_any_positive_start_reaches_the_same_solution(seed):
+    jacobian = random_jacobian(5, 12, seed=seed)
+    cold, gramian = solve(jacobian)
+    for start in (cold * 1.1, torch.full((5,), 1e-3, dtype=torch.float64), torch.logspace(-3, 3, 5, dtype=torch.float64)):
+        warm, _ = solve(jacobian, start)
+        assert torch.allclose(warm, cold, rtol=1e-8)
+    assert equation_residual(gramian.numpy(), cold.numpy()) < 1e-9
 
 
-def test_convex_fallback_solves_a_strongly_conflicting_case():
-    # task 2 conflicts with the sum of the others, so the CCP cannot start there (M·1 has a negative entry)
+def test_a_strongly_conflicting_case_is_solved():
+    # task 2 conflicts with the sum of the others: the paper's concave-convex procedure cannot start
+    # at α = 1 there (M·1 has a negative entry); Newton's method can
     jacobian = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [-0.9, -0.9, 0.4]], dtype=torch.float64)
     gramian = jacobian @ jacobian.T
     assert (gramian.sum(dim=1) < 0).any()
@@ -83,5 +89,3 @@ def test_zero_gradient_gets_zero_weight():
 def test_invalid_options_are_rejected():
     with pytest.raises(ValueError, match="method.update_weights_every must be a positive integer, got 0"):
         NashMTL(2, update_weights_every=0)
-    with pytest.raises(ValueError, match="method.optim_niter must be a positive integer, got 0"):
-        NashMTL(2, optim_niter=0)
