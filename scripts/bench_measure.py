@@ -38,7 +38,7 @@ import torch
 
 import bench_peers
 from bench_setups import SETUPS
-from bench_steps import mtl_step
+from bench_steps import FLAT, flat_mtl_step, mtl_step
 from mtl.engine.host_memory import retain_freed_host_memory
 from mtl.methods import method_class
 
@@ -159,6 +159,8 @@ def measure(spec: Spec, fresh_process: bool = True) -> dict:
             tasks = setup.tasks()
             if peer:
                 step, details = bench_peers.STEPS[spec.variant](model, tasks, spec.method, batch), dict
+            elif spec.method == FLAT:
+                step, details = flat_mtl_step(model, tasks, spec.variant, batch), dict
             else:
                 method = method_class(spec.method)(len(tasks)).to(device) if spec.method != "ew" else None
                 step, details = mtl_step(model, tasks, method, spec.variant, batch)

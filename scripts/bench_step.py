@@ -5,12 +5,13 @@ libraries, each as a multiple of equal weighting's step on the same model and ba
 
 What is measured. For each setup (``bench_setups.py``: ``mlp-k10``, ``mlp-k40``, ``lenet-k2``,
 ``resnet18-k40``) and each method (``--methods``, by default MGDA, PCGrad, CAGrad, Nash-MTL,
-IMTL-G, UPGrad and FAMO), one whole training step (zero grad, forward, losses, gradients, SGD
-step; ``bench_steps.py``) is run:
+IMTL-G, UPGrad, FAMO and ``fmtl``, F-MTL over EW), one whole training step (zero grad, forward,
+losses, gradients, SGD step; ``bench_steps.py``) is run:
 
 - by ``mtl``, for a gradient aggregator in each ``--modes`` (``reference``: K backward passes
-  through the whole graph; ``loop``, ``batched``, ``rep``, ``auto``: the Jacobian engine), and for
-  a loss weighting (FAMO) once, as ``weighted`` (one backward pass, no Jacobian);
+  through the whole graph; ``loop``, ``batched``, ``rep``, ``auto``: the Jacobian engine), for
+  a loss weighting (FAMO) once, as ``weighted`` (one backward pass, no Jacobian), and for F-MTL
+  with its perturbed passes in a loop and batched (the ``loop`` and ``batched`` columns);
 - by each peer in ``--peers`` that implements the method (``bench_peers.py``): LibMTL 1.1.5 and
   TorchJD 0.18, with their own gradient computation and aggregator, on the same model (the same
   modules and initial weights), batch, losses and optimizer.
@@ -64,10 +65,10 @@ import torch
 import bench_peers
 from bench_measure import FreshProcesses, PeakMemory, SameProcess, Spec
 from bench_setups import SETUPS
-from bench_steps import MODES, WEIGHTED
+from bench_steps import FLAT, FLAT_VARIANTS, MODES, WEIGHTED
 from mtl.methods import METHODS, GradientAggregator, LossWeighting
 
-DEFAULT_METHODS = ("mgda", "pcgrad", "cagrad", "nash_mtl", "imtl_g", "upgrad", "famo")
+DEFAULT_METHODS = ("mgda", "pcgrad", "cagrad", "nash_mtl", "imtl_g", "upgrad", "famo", FLAT)
 BASELINE = "ew"
 
 
@@ -78,7 +79,11 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--markdown", type=Path, help="also write the Markdown tables here")
     parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS), help="which setups to measure (default: all)")
     parser.add_argument(
-        "--methods", nargs="+", default=[name for name in DEFAULT_METHODS if name in METHODS], metavar="METHOD", help=f"registered methods to measure besides EW (default: {' '.join(DEFAULT_METHODS)})"
+        "--methods",
+        nargs="+",
+        default=list(DEFAULT_METHODS),
+        metavar="METHOD",
+        help=f"registered methods to measure besides EW, and {FLAT} (F-MTL over EW) (default: {' '.join(DEFAULT_METHODS)})",
     )
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES), help="how mtl gets the Jacobian of a gradient aggregator (default: all)")
     parser.add_argument(
@@ -131,16 +136,20 @@ def batch_sizes(parser: argparse.ArgumentParser, tokens: list[str]) -> dict[str,
 
 
 def check_methods(parser: argparse.ArgumentParser, methods: list[str]) -> None:
-    """Every method must be a registered gradient aggregator or loss weighting other than EW."""
-    valid = sorted(name for name, cls in METHODS.items() if name != BASELINE and issubclass(cls, (GradientAggregator, LossWeighting)))
+    """Every method must be a registered gradient aggregator or loss weighting other than EW, or F-MTL."""
+    valid = sorted(name for name, cls in METHODS.items() if name != BASELINE and issubclass(cls, (GradientAggregator, LossWeighting))) + [FLAT]
     for name in methods:
         if name not in valid:
             parser.error(f"--methods: '{name}' is not a measurable method (EW is always measured as the baseline); valid methods: {valid}")
 
 
 def variants(method: str, modes: Iterable[str], peers: Iterable[str]) -> list[str]:
-    """The ways ``method`` is run: ``mtl``'s modes (one ``weighted`` step for a loss weighting), then the peers."""
-    own = list(modes) if issubclass(METHODS[method], GradientAggregator) else [WEIGHTED]
+    """The ways ``method`` is run: ``mtl``'s modes (one ``weighted`` step for a loss weighting,
+    F-MTL's ``loop`` and ``batched`` among them), then the peers."""
+    if method == FLAT:
+        own = [mode for mode in modes if mode in FLAT_VARIANTS]
+    else:
+        own = list(modes) if issubclass(METHODS[method], GradientAggregator) else [WEIGHTED]
     return [*own, *peers]
 
 
@@ -286,6 +295,11 @@ def report(result: dict) -> str:
     ]
     notes = [f"- peer {name} skipped: {reason}" for name, reason in result["skipped_peers"].items()]
     notes += [f"- {name}, {method}: {note}" for name, peer_notes in result["peer_notes"].items() for method, note in peer_notes.items() if any(r["method"] == method for r in records)]
+    if any(record["method"] == FLAT for record in records):
+        notes.append(
+            f"- {FLAT}: F-MTL (Phan et al. 2022) over EW with the paper's defaults (rho 2, adaptive): K clean task gradients through the whole model, "
+            "then K perturbed passes, one by one (loop) or in one vmapped call (batched, sam.batched=true)"
+        )
     notes += [f"- {line}" for line in footnotes.lines()]
     if notes:
         lines += ["", "Notes:", *notes]

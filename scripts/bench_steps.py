@@ -11,6 +11,11 @@ method's parameters). What "gradients" means depends on the variant:
   (``mtl.engine.jacobian.task_jacobian``), then the heads' gradients from one more backward.
 - a loss weighting (variant ``weighted``): one backward of ``method.objective(losses)``, and for
   methods that need them (FAMO) the losses recomputed after the optimizer step.
+- F-MTL over EW (method ``fmtl``, ``mtl.sam.fmtl.FlatMTL`` with the paper's defaults), as
+  ``MultiTaskModule`` runs ``sam=fmtl method=ew`` on one process: the K clean task gradients, then
+  the K perturbed passes one by one (variant ``loop``) or in one vmapped call (``batched``,
+  ``sam.batched=true``); the shared parameters take the mean of the clean and flat gradients, each
+  head ``1/K`` of its perturbed gradient.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from mtl.engine.jacobian import set_gradient, task_jacobian
 from mtl.engine.jacobian_modes import JacobianEngine
 from mtl.engine.module import split_batch, trained
 from mtl.methods import GradientAggregator, LossWeighting, Method
+from mtl.sam.base import TaskLosses
+from mtl.sam.fmtl import FlatMTL
 from mtl.tasks import INPUT_KEY, Task, stack_losses, task_losses
 
 LEARNING_RATE = 1e-3
@@ -31,6 +38,10 @@ MODES = ("reference", "loop", "batched", "rep", "auto")
 """The ways an aggregator's step can get its Jacobian: the reference and the engine's modes."""
 WEIGHTED = "weighted"
 """The variant of a loss weighting (one backward pass: engine modes do not apply)."""
+FLAT = "fmtl"
+"""F-MTL over EW, measured as a method of its own."""
+FLAT_VARIANTS = ("loop", "batched")
+"""F-MTL's ways of running its perturbed passes (``sam.batched`` false or true)."""
 
 Step = Callable[[], None]
 Details = Callable[[], dict]
@@ -120,6 +131,27 @@ def reference_gradients(model: nn.Module, tasks: list[Task], method: GradientAgg
         (losses.sum() / len(parts)).backward(inputs=heads)
 
     return gradients
+
+
+def flat_mtl_step(model: nn.Module, tasks: list[Task], variant: str, batch: Mapping[str, Tensor]) -> Step:
+    """F-MTL over EW with its perturbed passes in ``variant`` (``FLAT_VARIANTS``), as
+    ``MultiTaskModule._write_flat_gradients`` runs it on one process."""
+    if variant not in FLAT_VARIANTS:
+        raise ValueError(f"F-MTL runs its perturbed passes in one of {list(FLAT_VARIANTS)}, not '{variant}'")
+    sharpness = FlatMTL(batched=variant == "batched")
+    shared = trained(model.shared_parameters())
+    heads = [trained(model.task_parameters(task.name)) for task in tasks]
+    at_other_weights = TaskLosses(model, batch[INPUT_KEY], lambda predictions: task_losses(tasks, predictions, batch))
+
+    def gradients() -> None:
+        losses = task_losses(tasks, model(batch[INPUT_KEY]), batch)
+        direction, head_gradients = sharpness.step(losses, at_other_weights, shared, heads, lambda jacobian, _: jacobian.mean(dim=0))
+        set_gradient(shared, direction)
+        for head, gradients in zip(heads, head_gradients):
+            for parameter, gradient in zip(head, gradients):
+                parameter.grad = gradient / len(tasks)
+
+    return _optimized(sgd(model.parameters()), gradients)
 
 
 def _optimized(optimizer: torch.optim.Optimizer, gradients: Step) -> Step:
