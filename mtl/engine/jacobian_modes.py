@@ -34,7 +34,8 @@ alone) and the heads' gradients from one more pass, so its heads are traversed t
   (``ModeTrial``: the two take turns over the first ``2 · (1 + TRIAL_STEPS)`` calls of
   ``write_gradients``, each mode's first call is its warm-up and its best later timing counts);
   decided once and logged at INFO. The step is timed, not the Jacobian alone, since a mode's
-  memory traffic also slows what follows it (the method's Gramian, the write into ``.grad``).
+  memory traffic also slows what follows it (the method's Gramian, the write into ``.grad``). A
+  ``batched`` pass that runs out of memory makes the choice ``loop``, with one warning.
 
 Both exact modes give the reference Jacobian (up to float rounding) on any model, BatchNorm and
 dropout included, since the forward pass is the ordinary one. They assume that ``decode`` uses no
@@ -392,11 +393,15 @@ class JacobianEngine:
     def _batched_gradients(self, outputs: Tensor, cotangents: Tensor, shared: Sequence[nn.Parameter]) -> tuple[Tensor | None, ...] | None:
         """The vector-Jacobian products of all ``cotangents`` in one vmapped pass: per parameter
         ``(len(cotangents), *parameter.shape)``, or None where no output depends on it. None when an
-        op has no batching rule, and the engine then uses ``loop`` for the rest of the run."""
+        op has no batching rule, or in ``auto`` mode when the pass runs out of memory (``loop`` holds
+        one task's backward at a time), and the engine then uses ``loop`` for the rest of the run."""
         try:
             return torch.autograd.grad(outputs, shared, grad_outputs=cotangents, retain_graph=True, allow_unused=True, is_grads_batched=True)
-        except torch.OutOfMemoryError:
-            raise
+        except torch.OutOfMemoryError as error:
+            if self.mode != "auto":
+                raise
+            self._fall_back(error)
+            return None
         except RuntimeError as error:
             self._fall_back(error)
             return None

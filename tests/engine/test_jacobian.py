@@ -266,6 +266,35 @@ def test_the_blocks_fall_back_to_loop_without_a_batching_rule():
     assert torch.allclose(method.jacobian, expected, atol=1e-6)
 
 
+def batched_passes_run_out_of_memory(monkeypatch):
+    gradient = torch.autograd.grad
+
+    def grad(*arguments, is_grads_batched=False, **options):
+        if is_grads_batched:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return gradient(*arguments, **options)
+
+    monkeypatch.setattr(torch.autograd, "grad", grad)
+
+
+def test_auto_takes_loop_when_batched_runs_out_of_memory(monkeypatch):
+    model, data = make("dropout"), batch("dropout")
+    expected, _ = reference_jacobian(copy.deepcopy(model), data)
+    batched_passes_run_out_of_memory(monkeypatch)
+    engine, method = JacobianEngine("auto"), Recording(len(TASKS))
+    with pytest.warns(RuntimeWarning, match=r"jacobian.mode=batched is not possible for this model \(CUDA out of memory"):
+        write_gradients(engine, method, model, data)
+    assert engine.mode == "loop"
+    assert torch.allclose(method.jacobian, expected, atol=1e-6)
+
+
+def test_batched_chosen_by_the_user_raises_when_it_runs_out_of_memory(monkeypatch):
+    model, data = make("dropout"), batch("dropout")
+    batched_passes_run_out_of_memory(monkeypatch)
+    with pytest.raises(torch.OutOfMemoryError):
+        write_gradients(JacobianEngine("batched"), Recording(len(TASKS)), model, data)
+
+
 @pytest.mark.parametrize("mode", ["loop", "batched"])
 def test_the_jacobian_buffer_is_reused_across_steps(mode):
     model, engine = make("dropout"), JacobianEngine(mode)
