@@ -218,6 +218,7 @@ class JacobianEngine:
         choice = self._trial.record(mode, seconds) if self.mode == "auto" else None  # None once batched fell back to loop
         if choice is not None:
             self.mode = choice
+            self._buffers.pop("jacobian", None)  # the trial's (K, P) buffer: batched may not need it, loop makes it again
             log.info("jacobian.mode=auto chose %s (%s)", choice, self._trial.summary())
 
     def _write_gradients(

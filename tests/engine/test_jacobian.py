@@ -240,6 +240,8 @@ def test_auto_times_whole_steps_in_turn_and_keeps_the_faster_mode(slow, caplog):
     fast = "batched" if slow == "loop" else "loop"
     assert modes == ["batched", "loop"] * (TRIAL_STEPS + 1) + [fast, fast]
     assert [record.getMessage().split(" (")[0] for record in caplog.records] == [f"jacobian.mode=auto chose {fast}"]
+    # the (K, P) buffer of the loop's trial steps is not kept when batched, which needs none here, is chosen
+    assert ("jacobian" in engine._buffers) == (fast == "loop")
 
 
 @pytest.mark.parametrize("chunk", [None, 2])
