@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 
+import numpy as np
 import torch
 
 import bench_peers
@@ -110,10 +111,18 @@ def _status_bytes(field: str) -> int:
 def prime(device: torch.device) -> None:
     """Start the device's libraries before the memory mark (thread pools; on CUDA the cuBLAS handles
     of the forward and the backward thread, whose workspaces stay allocated), so that no
-    measurement counts them, whichever runs first in a process."""
+    measurement counts them, whichever runs first in a process.
+
+    NumPy's OpenBLAS too: a process forked from the fork server has none of its threads until a
+    multithreaded call starts them again, and until then the methods' solves, which run on one
+    BLAS thread (``mtl.methods.base.single_threaded_blas``), took twice as long or more (IMTL-G's
+    weights of a 10 x 10 Gramian: 0.20 against 0.09 ms); a process started any other way, as ``mtl-train`` is,
+    does not have that state."""
     weight = torch.ones(4, 3, 3, 3, device=device, requires_grad=True)
     features = torch.nn.functional.conv2d(torch.ones(2, 3, 8, 8, device=device), weight).flatten(1)
     (features @ features.T).sum().backward()
+    square = np.ones((256, 256))
+    square @ square
 
 
 def step_timings(step: Callable[[], None], warmup: int, steps: int, device: torch.device) -> list[float]:
