@@ -49,8 +49,11 @@ group.
 
 The Jacobian is written into a ``(N, K, P)`` buffer on the parameters' device, allocated once and
 reused by every step (``N`` independent samples for double-sampling methods): aggregators must not
-keep a reference to it across steps. ``torch.autograd.grad`` fires no gradient hooks (DDP's
-included) and leaves ``.grad`` untouched; the engine then writes the shared parameters' ``.grad``.
+keep a reference to it across steps. One exception: on one process, ``batched`` with every task in
+one call hands a Gramian weighting the per-parameter blocks that the vmapped pass returns
+(``GramianWeighting.combine_blocks``), and no buffer is filled. ``torch.autograd.grad`` fires no
+gradient hooks (DDP's included) and leaves ``.grad`` untouched; the engine then writes the shared
+parameters' ``.grad``.
 """
 
 from __future__ import annotations

@@ -3,20 +3,19 @@
 Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik, Fetaya, 2022, arXiv:2202.01017.
 
 The update is the Nash bargaining solution among the tasks: ``d = sum_k α_k g_k`` with ``α > 0``
-solving ``α_k (G Gᵀ α)_k = 1`` for every ``k`` (each task's utility ``g_kᵀ d`` is ``1/α_k``;
-Theorem 5.1 and Algorithm 1 of the paper).
+solving ``α_k (G Gᵀ α)_k = 1`` for every ``k`` (each task's utility ``g_kᵀ d`` is ``1/α_k``).
 
-Solver: the paper approaches ``α`` by a concave-convex procedure (Section 5.2), a sequence of
-convex problems (cvxpy/ECOS in the official code, ``optim_niter = 20`` at most, stopping once the
-equation holds to 1e-3). The equation is exactly the stationarity condition of the strictly convex
-problem ``min_{α > 0} ½ αᵀ G Gᵀ α - sum_k log α_k`` (for independent gradients it has one
-solution), so this class solves that problem directly: Newton's method in ``u = log α`` with the
-exact Hessian (scipy ``trust-exact``, then MINPACK's ``hybrj`` on the gradient, so the equation
-holds to float64 rounding), warm-started from the last weights as the official code warm-starts its
-procedure. It reaches the procedure's limit from any start (the procedure cannot start where some
-task conflicts with the sum of the others) at a fraction of its cost: in a K = 40 ``rep`` step the
-solve took 5.0 ms by the procedure (SLSQP) and takes 1.6 ms now (``BENCHMARKS.md``, ``rep``
-against EW). ``optim_niter`` has no counterpart.
+Solver: the paper approaches ``α`` by a concave-convex procedure, a sequence of convex problems
+(cvxpy/ECOS in the official code, ``optim_niter = 20`` at most, stopping once the equation holds to
+1e-3). The equation is exactly the stationarity condition of the strictly convex problem
+``min_{α > 0} ½ αᵀ G Gᵀ α - sum_k log α_k`` (for independent gradients it has one solution), so
+this class solves that problem directly: Newton's method in ``u = log α`` with the exact Hessian
+(scipy ``trust-exact``, then MINPACK's ``hybrj`` on the gradient, so the equation holds to float64
+rounding), warm-started from the last weights as the official code warm-starts its procedure. It
+reaches the procedure's limit from any start (the procedure cannot start where some task conflicts
+with the sum of the others) at a fraction of its cost: in a K = 40 ``rep`` step the solve took
+5.0 ms by the procedure (SLSQP) and takes 1.6 ms now (``BENCHMARKS.md``, ``rep`` against EW).
+``optim_niter`` has no counterpart.
 
 Conditioning: the equation is invariant under rescaling the gradients (``g_k → g_k/|g_k|``
 maps ``α_k → α_k |g_k|``), so it is solved for the unit gradients, whose Gramian is the cosine
