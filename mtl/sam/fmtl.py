@@ -27,7 +27,8 @@ normalizes the shared part and the head part each to radius ``rho``, as the rele
 Defaults, from the paper's code: ``rho = 2.0`` and ``adaptive = True`` (MultiMNIST, NYUv2 and
 CelebA scripts; the Cityscapes launch script runs ``rho = 0``, ``adaptive = False``). Cost per
 step: one forward and K backward passes for the clean task gradients, then K perturbed forward and
-K backward passes (1 + K forwards, 2K backwards), and two aggregations.
+K backward passes (1 + K forwards, 2K backwards), and two aggregations. Memory: the clean and the
+perturbed task gradients, each held once as the rows of a ``(K, P)`` Jacobian (``as_jacobian``).
 
 The K perturbed passes are independent. With ``batched`` they run as one call per
 ``chunk`` tasks (all K when ``chunk`` is None): the perturbed weights of the tasks are stacked and
@@ -105,11 +106,9 @@ class FlatMTL(TaskPerturbation):
         if len(heads) != len(losses):
             raise ValueError(f"F-MTL got {len(losses)} task losses but {len(heads)} heads")
         clean = [task_gradients(loss, shared, head, retain_graph=index < len(losses) - 1) for index, (loss, head) in enumerate(zip(losses, heads))]
-        clean = shared_task_gradients(clean, share)
+        clean_jacobian, clean = as_jacobian(shared_task_gradients(clean, share), shared)
         models = PerturbedModels(task_losses, shared, heads, lambda task: self._perturbation(shared, heads[task], *clean[task]))
-        perturbed = shared_task_gradients(self._perturbed_gradients(models), share)
-        clean_jacobian = torch.stack([flatten(shared_gradients) for shared_gradients, _ in clean])
-        perturbed_jacobian = torch.stack([flatten(shared_gradients) for shared_gradients, _ in perturbed])
+        perturbed_jacobian, perturbed = as_jacobian(shared_task_gradients(self._perturbed_gradients(models), share), shared)
         direction = self._direction(clean_jacobian, perturbed_jacobian, torch.stack(list(losses)).detach(), aggregate)
         return direction, [head_gradients for _, head_gradients in perturbed]
 
@@ -141,7 +140,7 @@ class FlatMTL(TaskPerturbation):
         """The shared update from the clean and perturbed task gradients ``(K, P)``."""
         if self.combine == "direct":
             return aggregate(perturbed, losses)
-        return aggregate(clean, losses) + aggregate(perturbed - clean, losses)
+        return aggregate(clean, losses) + aggregate(perturbed.sub_(clean), losses)  # the flat gradients, in place
 
 
 class PerturbedModels:
@@ -222,5 +221,14 @@ def shared_task_gradients(gradients: list[tuple[list[Tensor], list[Tensor]]], sh
     return [([next(shared) for _ in shared_part], [next(shared) for _ in head_part]) for shared_part, head_part in gradients]
 
 
-def flatten(tensors: Sequence[Tensor]) -> Tensor:
-    return torch.cat([tensor.reshape(-1) for tensor in tensors])
+def as_jacobian(gradients: list[TaskGradients], shared: Sequence[Tensor]) -> tuple[Tensor, list[TaskGradients]]:
+    """The tasks' shared gradients as the rows of one ``(K, P)`` Jacobian, and the same gradients
+    with their shared part as views of it: the separate tensors are let go, so the step holds each
+    set of task gradients once (not three times, as stacking flattened copies did)."""
+    sizes = [parameter.numel() for parameter in shared]
+    first = gradients[0][0][0]
+    jacobian = torch.empty((len(gradients), sum(sizes)), dtype=first.dtype, device=first.device)
+    for row, (shared_gradients, _) in zip(jacobian, gradients):
+        torch.cat([gradient.reshape(-1) for gradient in shared_gradients], out=row)
+    views = [[part.view_as(parameter) for part, parameter in zip(row.split(sizes), shared)] for row in jacobian]
+    return jacobian, [(row_views, head_gradients) for row_views, (_, head_gradients) in zip(views, gradients)]

@@ -11,6 +11,7 @@ from mtl.methods.linear import LinearScalarization
 from mtl.methods.mgda import MGDA
 from mtl.models import MLP, HardParameterSharing, MLPHead
 from mtl.sam import SAM, FlatMTL, TaskLosses
+from mtl.sam.fmtl import as_jacobian
 from mtl.tasks import ClassificationTask, stack_losses
 from mtl.tasks import task_losses as separate_losses  # the tests name a TaskLosses `task_losses`
 from tests.test_module import batch
@@ -228,3 +229,15 @@ def test_each_perturbed_pass_draws_its_own_dropout_masks(batched):
     flat_step(FlatMTL(rho=0.0, combine="direct", batched=batched), model, TASKS, recording, data)
     (perturbed,) = calls
     assert perturbed[0].abs().sum() > 0 and not torch.allclose(perturbed[0], perturbed[1])
+
+
+def test_task_gradients_become_rows_of_one_jacobian_and_views_of_it():
+    shared = [torch.zeros(2, 3), torch.zeros(4)]
+    gradients = [([torch.full((2, 3), float(task)), torch.arange(4.0) + task], [torch.ones(1) * task]) for task in range(3)]
+    jacobian, views = as_jacobian(gradients, shared)
+    assert jacobian.shape == (3, 10)
+    for task, (shared_views, head) in enumerate(views):
+        assert torch.equal(jacobian[task], torch.cat([torch.full((6,), float(task)), torch.arange(4.0) + task]))
+        assert [view.shape for view in shared_views] == [(2, 3), (4,)]
+        assert all(view.untyped_storage().data_ptr() == jacobian.untyped_storage().data_ptr() for view in shared_views)
+        assert torch.equal(shared_views[1], torch.arange(4.0) + task) and torch.equal(head[0], torch.ones(1) * task)
