@@ -75,6 +75,10 @@ from mtl.engine.task_groups import TaskGroups
 from mtl.methods.base import GradientAggregator, GramianWeighting
 from mtl.methods.task_state import TaskStateAggregator
 
+RepresentationGradients = Tensor | tuple[Tensor, ...] | LinearHeadGradients
+"""Every task's ``dL_k/dz``: stacked ``(K, *z.shape)``, as the ``K`` tensors autograd returned
+(``loop`` takes them one at a time, so they are not copied), or as linear heads' products."""
+
 MODES = ("auto", "loop", "batched", "rep")
 EXACT_MODES = ("loop", "batched")
 TRIAL_STEPS = 3
@@ -273,7 +277,7 @@ class JacobianEngine:
         self,
         method: GradientAggregator,
         group_losses: Tensor,
-        backpropagated: Sequence[tuple[Tensor, Tensor | LinearHeadGradients]],
+        backpropagated: Sequence[tuple[Tensor, RepresentationGradients]],
         shared: Sequence[nn.Parameter],
         averaging: Tensor | None,
     ) -> list[Tensor]:
@@ -304,7 +308,7 @@ class JacobianEngine:
 
     def backward_through_heads(
         self, separate: Sequence[Sequence[Tensor]], losses: Tensor, representations: Sequence[Representation | None], heads: Sequence[nn.Parameter]
-    ) -> tuple[list[tuple[Tensor, Tensor | LinearHeadGradients]], list[Tensor | None]]:
+    ) -> tuple[list[tuple[Tensor, RepresentationGradients]], list[Tensor | None]]:
         """The backward pass down to the shared representations. Returns, for every sample, what
         the encoder part backpropagates: ``(z, dL_k/dz for every k)`` (for linear heads in ``rep``
         mode as products, ``LinearHeadGradients``), or on the general path
@@ -318,7 +322,7 @@ class JacobianEngine:
 
     def _through_head_copies(
         self, separate: Sequence[Sequence[Tensor]], representations: Sequence[Representation], heads: Sequence[nn.Parameter]
-    ) -> tuple[list[tuple[Tensor, Tensor | LinearHeadGradients]], list[Tensor | None]]:
+    ) -> tuple[list[tuple[Tensor, RepresentationGradients]], list[Tensor | None]]:
         """``backward_through_heads`` for heads that read their own copies of ``z``: one backward pass of
         all the losses, in which each head is traversed once; the gradient that reaches task
         ``k``'s copy is ``dL_k/dz``. For linear heads (``Representation.linear_heads``) the pass
@@ -333,8 +337,7 @@ class JacobianEngine:
             if linear:
                 rows = representation.linear_heads.gradients(gradients[start : start + count], representation.tensor.shape)
             else:
-                rows = self._buffer(f"representation{sample}", (count, *representation.tensor.shape), representation.tensor)
-                copy_rows(gradients[start : start + count], rows)
+                rows = self._as_rows(gradients[start : start + count], representation.tensor, sample)
             backpropagated.append((representation.tensor, rows))
             start += count
         own_gradients = list(gradients[len(ends) :])
@@ -343,22 +346,30 @@ class JacobianEngine:
         return backpropagated, own_gradients
 
     def _fill_jacobians(
-        self, buffer: Tensor, backpropagated: Sequence[tuple[Tensor, Tensor | LinearHeadGradients]], shared: Sequence[nn.Parameter], averaging: Tensor | None = None
+        self, buffer: Tensor, backpropagated: Sequence[tuple[Tensor, RepresentationGradients]], shared: Sequence[nn.Parameter], averaging: Tensor | None = None
     ) -> None:
         """``buffer[n]`` = the Jacobian of sample ``n``, its rows averaged over groups of tasks by
         ``averaging (C, K)`` when given (``C`` backward passes through the encoder instead of ``K``)."""
         for rows, (outputs, cotangents) in zip(buffer, backpropagated):
             self._fill(rows, outputs, grouped_cotangents(cotangents, averaging), shared)
 
-    def _representation_gradients(self, losses: Sequence[Tensor], representation: Tensor, sample: int = 0) -> Tensor:
-        """``dL_k/dz`` for every task, ``(K, *z.shape)``, for heads that read ``z`` itself: one
+    def _representation_gradients(self, losses: Sequence[Tensor], representation: Tensor, sample: int = 0) -> Tensor | tuple[Tensor, ...]:
+        """``dL_k/dz`` for every task (``_as_rows``), for heads that read ``z`` itself: one
         gradient per task loss, through that task's head alone when the losses are separate tensors
         (not entries of a stacked one)."""
-        rows = self._buffer(f"representation{sample}", (len(losses), *representation.shape), representation)
-        copy_rows([torch.autograd.grad(loss, representation, retain_graph=True, allow_unused=True)[0] for loss in losses], rows)
+        return self._as_rows([torch.autograd.grad(loss, representation, retain_graph=True, allow_unused=True)[0] for loss in losses], representation, sample)
+
+    def _as_rows(self, gradients: Sequence[Tensor | None], representation: Tensor, sample: int) -> Tensor | tuple[Tensor, ...]:
+        """The ``K`` gradients ``dL_k/dz`` as the encoder part takes them: as they are in ``loop``
+        mode, which backpropagates one at a time; stacked in the reused buffer of ``sample``
+        otherwise. A gradient of None (the loss does not reach it) is zeros."""
+        if self._exact_mode == "loop":
+            return tuple(torch.zeros_like(representation) if gradient is None else gradient for gradient in gradients)
+        rows = self._buffer(f"representation{sample}", (len(gradients), *representation.shape), representation)
+        copy_rows(gradients, rows)
         return rows
 
-    def _cotangents(self, separate: Sequence[Tensor], losses: Tensor, representation: Representation | None, sample: int) -> tuple[Tensor, Tensor]:
+    def _cotangents(self, separate: Sequence[Tensor], losses: Tensor, representation: Representation | None, sample: int) -> tuple[Tensor, Tensor | tuple[Tensor, ...]]:
         """What to backpropagate to the shared parameters: the representation with the per-task
         ``dL_k/dz`` (from the ``separate`` losses), or (general path) the stacked losses with the
         rows of the identity."""
@@ -366,7 +377,7 @@ class JacobianEngine:
             return losses, self._identity(len(losses), losses)
         return representation.tensor, self._representation_gradients(separate, representation.tensor, sample)
 
-    def _fill(self, rows: Tensor, outputs: Tensor, cotangents: Tensor, shared: Sequence[nn.Parameter]) -> None:
+    def _fill(self, rows: Tensor, outputs: Tensor, cotangents: Tensor | tuple[Tensor, ...], shared: Sequence[nn.Parameter]) -> None:
         """``rows[k] = vec((d outputs/dθ)ᵀ · cotangents[k])`` in the engine's exact mode."""
         if self._exact_mode == "batched" and self._fill_batched(rows, outputs, cotangents, shared):
             return
@@ -377,7 +388,7 @@ class JacobianEngine:
         """The engine's mode; in ``auto`` mode, the one on trial."""
         return self._trial.mode if self.mode == "auto" else self.mode
 
-    def _fill_looped(self, rows: Tensor, outputs: Tensor, cotangents: Tensor, shared: Sequence[nn.Parameter]) -> None:
+    def _fill_looped(self, rows: Tensor, outputs: Tensor, cotangents: Tensor | tuple[Tensor, ...], shared: Sequence[nn.Parameter]) -> None:
         for row, cotangent in zip(rows, cotangents):
             gradients = torch.autograd.grad(outputs, shared, grad_outputs=cotangent, retain_graph=True, allow_unused=True)
             scatter(gradients, shared, row)
@@ -411,7 +422,7 @@ class JacobianEngine:
             return None
 
     def _blockwise_direction(
-        self, method: GramianWeighting, losses: Tensor, backpropagated: tuple[Tensor, Tensor | LinearHeadGradients], shared: Sequence[nn.Parameter], averaging: Tensor | None
+        self, method: GramianWeighting, losses: Tensor, backpropagated: tuple[Tensor, RepresentationGradients], shared: Sequence[nn.Parameter], averaging: Tensor | None
     ) -> list[Tensor] | None:
         """``batched`` mode's direction for a Gramian weighting when every task fits in one vmapped
         pass: that pass returns the Jacobian as one block of columns per parameter, which the method
@@ -434,7 +445,7 @@ class JacobianEngine:
         self,
         method: GradientAggregator,
         losses: Tensor,
-        backpropagated: tuple[Tensor, Tensor | LinearHeadGradients],
+        backpropagated: tuple[Tensor, RepresentationGradients],
         shared: Sequence[nn.Parameter],
         averaging: Tensor | None,
     ) -> list[Tensor]:
@@ -478,16 +489,20 @@ def linear_heads_direction(method: GramianWeighting, gradients: LinearHeadGradie
     return gradients.combination(task_weights)
 
 
-def dense(gradients: Tensor | LinearHeadGradients) -> Tensor:
-    """The representation gradients ``(K, *z.shape)``, formed if they are held as products."""
-    return gradients.dense() if isinstance(gradients, LinearHeadGradients) else gradients
+def dense(gradients: RepresentationGradients) -> Tensor:
+    """The representation gradients ``(K, *z.shape)``: formed if they are held as products, stacked
+    if they are separate tensors."""
+    if isinstance(gradients, LinearHeadGradients):
+        return gradients.dense()
+    return torch.stack(gradients) if isinstance(gradients, tuple) else gradients
 
 
-def grouped_cotangents(cotangents: Tensor | LinearHeadGradients, averaging: Tensor | None) -> Tensor:
-    """What the encoder part backpropagates: the representation gradients ``(K, *z.shape)``, or
-    with ``averaging (C, K)`` their means over the groups of tasks ``(C, *z.shape)``."""
-    cotangents = dense(cotangents)
-    return cotangents if averaging is None else torch.tensordot(averaging, cotangents, dims=1)
+def grouped_cotangents(cotangents: RepresentationGradients, averaging: Tensor | None) -> Tensor | tuple[Tensor, ...]:
+    """What the encoder part backpropagates: the representation gradients (separate tensors stay
+    so), or with ``averaging (C, K)`` their means over the groups of tasks ``(C, *z.shape)``."""
+    if averaging is None:
+        return cotangents if isinstance(cotangents, tuple) else dense(cotangents)
+    return torch.tensordot(averaging, dense(cotangents), dims=1)
 
 
 def grouped(losses: Tensor, averaging: Tensor | None) -> Tensor:

@@ -149,6 +149,17 @@ def test_the_exact_modes_give_the_reference_jacobian(mode, model_name):
         assert torch.all(jacobian[:, offset : offset + 3] == 0)
 
 
+@pytest.mark.parametrize("mode", ["loop", "batched"])
+@pytest.mark.parametrize("model_name", ["dropout", "heads_reading_z"])
+def test_only_batched_stacks_the_task_gradients_with_respect_to_z(mode, model_name):
+    # loop backpropagates each dL_k/dz as autograd returned it: no (K, *z.shape) copy of them
+    model, data = make(model_name), batch(model_name)
+    expected, _ = reference_jacobian(copy.deepcopy(model), data)
+    engine = JacobianEngine(mode)
+    assert torch.allclose(engine_jacobian(engine, model, data), expected, atol=1e-6)
+    assert ("representation0" in engine._buffers) == (mode == "batched")
+
+
 @pytest.mark.parametrize("chunk", [1, 2, 5])
 def test_batched_chunks_give_the_same_jacobian(chunk):
     model, data = make("dropout"), batch("dropout")
