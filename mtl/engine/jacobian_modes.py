@@ -31,8 +31,8 @@ alone) and the heads' gradients from one more pass, so its heads are traversed t
   direction come from the heads' output gradients and weights (``mtl.engine.linear_heads``), and
   the step costs about one ordinary training step at any ``K``.
 - ``auto`` (default): ``batched`` or ``loop``, whichever makes the whole gradient step faster
-  (``ModeTrial``: the two take turns over the first ``2 · (1 + TRIAL_STEPS)`` calls of
-  ``write_gradients``, each mode's first call is its warm-up and its best later timing counts);
+  (``ModeTrial``: the first ``1 + TRIAL_STEPS`` calls of ``write_gradients`` run ``batched``, the
+  next as many ``loop``; each mode's first call is its warm-up and its best later timing counts);
   decided once and logged at INFO. The step is timed, not the Jacobian alone, since a mode's
   memory traffic also slows what follows it (the method's Gramian, the write into ``.grad``). A
   ``batched`` pass that runs out of memory makes the choice ``loop``, with one warning.
@@ -104,10 +104,12 @@ class Representation:
 
 
 class ModeTrial:
-    """``jacobian.mode=auto``'s decision: the exact modes take turns, one gradient step each, until
-    every mode has had a warm-up step (buffers allocated, caches filled; not counted) and ``steps``
-    timed ones. The mode with the best timed step is the choice. ``batched`` goes first, so that an
-    op without a batching rule shows on the first step."""
+    """``jacobian.mode=auto``'s decision: each exact mode in turn runs a warm-up step (buffers
+    allocated, caches filled; not counted) and ``steps`` timed ones. The mode with the best timed
+    step is the choice. ``batched`` goes first, so that an op without a batching rule shows on the
+    first step. One mode after the other, not alternating: ``loop``'s ``(K, P)`` buffer, which
+    ``batched`` does not fill for a Gramian weighting, is then not held during ``batched``'s steps,
+    and the trial's peak memory is the larger of the two modes', not their sum."""
 
     def __init__(self, modes: Sequence[str] = ("batched", "loop"), steps: int = TRIAL_STEPS) -> None:
         self.timings: dict[str, list[float]] = {mode: [] for mode in modes}
@@ -115,8 +117,8 @@ class ModeTrial:
 
     @property
     def mode(self) -> str:
-        """The mode whose turn it is: the one with the fewest steps so far."""
-        return min(self.timings, key=lambda mode: len(self.timings[mode]))
+        """The mode whose turn it is: the first that has not had all its steps."""
+        return next((mode for mode, timings in self.timings.items() if len(timings) <= self.steps), list(self.timings)[-1])
 
     def record(self, mode: str, seconds: float) -> str | None:
         """Count a step of ``mode``; returns the choice once every mode has had all its steps."""

@@ -207,7 +207,7 @@ def test_a_batched_call_without_a_batching_rule_falls_back_to_loop_with_one_warn
     assert engine.mode == "loop"
 
 
-def test_the_mode_trial_takes_turns_and_keeps_the_mode_of_the_best_step_after_the_warm_ups():
+def test_the_mode_trial_runs_each_mode_in_turn_and_keeps_the_mode_of_the_best_step_after_the_warm_ups():
     trial = ModeTrial(("loop", "batched"), steps=2)
     # loop's warm-up is the fastest step of all, batched's best timed step beats loop's
     seconds = {"loop": [0.1, 4.0, 3.0], "batched": [9.0, 2.5, 5.0]}
@@ -216,7 +216,7 @@ def test_the_mode_trial_takes_turns_and_keeps_the_mode_of_the_best_step_after_th
         mode = trial.mode
         turns.append(mode)
         choices.append(trial.record(mode, seconds[mode][turns.count(mode) - 1]))
-    assert turns == ["loop", "batched"] * 3
+    assert turns == ["loop"] * 3 + ["batched"] * 3
     assert choices == [None] * 5 + ["batched"]
 
 
@@ -236,7 +236,7 @@ def slowed(work, seconds=0.02):
 
 
 @pytest.mark.parametrize("slow", ["loop", "batched"])
-def test_auto_times_whole_steps_in_turn_and_keeps_the_faster_mode(slow, caplog):
+def test_auto_times_whole_steps_of_each_mode_and_keeps_the_faster(slow, caplog):
     model, data = make("dropout"), batch("dropout")
     expected, _ = reference_jacobian(copy.deepcopy(model), data)
     engine, method = JacobianEngine("auto"), Recording(len(TASKS))
@@ -244,12 +244,16 @@ def test_auto_times_whole_steps_in_turn_and_keeps_the_faster_mode(slow, caplog):
     setattr(engine, backward, slowed(getattr(engine, backward)))
     modes = []
     with caplog.at_level(logging.INFO, logger="mtl.engine.jacobian_modes"):
+        peak_buffers = collections.defaultdict(set)
         for _ in range(2 * (TRIAL_STEPS + 1) + 2):
             modes.append(engine._trial.mode if engine.mode == "auto" else engine.mode)
             write_gradients(engine, method, model, data)
             assert torch.allclose(method.jacobian, expected, atol=1e-6)
+            peak_buffers[modes[-1]] |= {"jacobian"} & set(engine._buffers)
     fast = "batched" if slow == "loop" else "loop"
-    assert modes == ["batched", "loop"] * (TRIAL_STEPS + 1) + [fast, fast]
+    assert modes == ["batched"] * (TRIAL_STEPS + 1) + ["loop"] * (TRIAL_STEPS + 1) + [fast, fast]
+    # batched's trial steps, before loop's, never allocated loop's (K, P) buffer
+    assert peak_buffers["batched"] == set() and "jacobian" in peak_buffers["loop"]
     assert [record.getMessage().split(" (")[0] for record in caplog.records] == [f"jacobian.mode=auto chose {fast}"]
     # the (K, P) buffer of the loop's trial steps is not kept when batched, which needs none here, is chosen
     assert ("jacobian" in engine._buffers) == (fast == "loop")
