@@ -60,6 +60,8 @@ class Spec:
     steps: int
     threads: int
     device: str
+    chunk: int | None = None
+    """``jacobian.chunk`` of the engine's modes (None: every task in one batched call)."""
 
 
 class PeakMemory:
@@ -172,7 +174,7 @@ def measure(spec: Spec, fresh_process: bool = True) -> dict:
                 step, details = flat_mtl_step(model, tasks, spec.variant, batch), dict
             else:
                 method = method_class(spec.method)(len(tasks)).to(device) if spec.method != "ew" else None
-                step, details = mtl_step(model, tasks, method, spec.variant, batch)
+                step, details = mtl_step(model, tasks, method, spec.variant, batch, spec.chunk)
             stage = "step"
             timings = step_timings(step, spec.warmup, spec.steps, device)
         record.update(median_seconds=statistics.median(timings), seconds=timings, peak_bytes=memory.peak_bytes(), **details())

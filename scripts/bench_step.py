@@ -94,6 +94,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing (auto runs its trial steps in the first)")
     parser.add_argument("--steps", type=int, default=7, help="timed steps; the median is reported")
+    parser.add_argument("--chunk", type=int, help="jacobian.chunk of mtl's engine modes: tasks per batched call (default: all)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in every measurement")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds one measurement in a fresh process may take before it is reported as failed")
@@ -114,6 +115,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     check_methods(parser, arguments.methods)
     if arguments.isolation == "auto":
         arguments.isolation = "none" if torch.device(arguments.device).type == "cuda" else "process"
+    if arguments.chunk is not None and arguments.chunk < 1:
+        parser.error(f"--chunk must be a positive number of tasks, got {arguments.chunk}")
     if arguments.warmup < 0 or arguments.steps < 1:
         parser.error(f"--warmup must be at least 0 and --steps at least 1, got {arguments.warmup} and {arguments.steps}")
     if torch.device(arguments.device).type == "cuda" and not torch.cuda.is_available():
@@ -157,7 +160,7 @@ def plan(arguments: argparse.Namespace, peers: dict[str, bench_peers.Peer]) -> l
     """Every measurement to run (a Spec) or to report without running (a record: a peer lacks the method)."""
     items: list[Spec | dict] = []
     for setup in arguments.setups:
-        common = dict(batch_size=arguments.batch_sizes[setup], warmup=arguments.warmup, steps=arguments.steps, threads=arguments.threads, device=arguments.device)
+        common = dict(batch_size=arguments.batch_sizes[setup], warmup=arguments.warmup, steps=arguments.steps, threads=arguments.threads, device=arguments.device, chunk=arguments.chunk)
         items.append(Spec(setup, BASELINE, BASELINE, **common))
         for method in arguments.methods:
             for variant in variants(method, arguments.modes, peers):
@@ -219,6 +222,7 @@ def header(arguments: argparse.Namespace, usable: dict[str, bench_peers.Peer], s
         "isolation": arguments.isolation,
         "warmup": arguments.warmup,
         "steps": arguments.steps,
+        "chunk": arguments.chunk,
         "torch": torch.__version__,
         "memory": PeakMemory.description(torch.device(arguments.device), fresh_process=arguments.isolation == "process"),
         "peers": {name: peer.label() for name, peer in usable.items()},
@@ -283,7 +287,8 @@ def report(result: dict) -> str:
     lines = [
         *incomplete,
         f"Device {result['device']} ({result['device_name']}), {result['threads']} threads, torch {result['torch']}; "
-        f"median of {result['steps']} steps after {result['warmup']} warm-up steps; peers: {peers}.",
+        f"median of {result['steps']} steps after {result['warmup']} warm-up steps; "
+        f"jacobian.chunk {result.get('chunk') or 'null (every task in one batched call)'}; peers: {peers}.",
         "",
         "Step time / EW step:",
         "",

@@ -83,7 +83,9 @@ def loss_weighting_step(model: nn.Module, tasks: list[Task], method: LossWeighti
     return step
 
 
-def aggregator_step(model: nn.Module, tasks: list[Task], method: GradientAggregator, mode: str, batch: Mapping[str, Tensor]) -> tuple[Step, Details]:
+def aggregator_step(
+    model: nn.Module, tasks: list[Task], method: GradientAggregator, mode: str, batch: Mapping[str, Tensor], chunk: int | None = None
+) -> tuple[Step, Details]:
     """The aggregator's step with the Jacobian from ``mode``; ``details()`` says what ``auto`` chose.
     In ``auto`` mode the first call runs the steps of its trial until it chooses."""
     optimizer = sgd([*model.parameters(), *method.parameters()])
@@ -93,7 +95,7 @@ def aggregator_step(model: nn.Module, tasks: list[Task], method: GradientAggrega
     if mode == "reference":
         gradients = reference_gradients(model, tasks, method, parts, shared, heads)
         return _optimized(optimizer, gradients), dict
-    engine = JacobianEngine(mode)
+    engine = JacobianEngine(mode, chunk)
     engine.check(model, method)
 
     def gradients() -> None:
@@ -163,9 +165,10 @@ def _optimized(optimizer: torch.optim.Optimizer, gradients: Step) -> Step:
     return step
 
 
-def mtl_step(model: nn.Module, tasks: list[Task], method: Method | None, variant: str, batch: Mapping[str, Tensor]) -> tuple[Step, Details]:
+def mtl_step(model: nn.Module, tasks: list[Task], method: Method | None, variant: str, batch: Mapping[str, Tensor], chunk: int | None = None) -> tuple[Step, Details]:
     """``mtl``'s step for EW (``method`` None), a loss weighting (variant ``weighted``) or an
-    aggregator in a mode of ``MODES``; a combination that cannot run raises ValueError."""
+    aggregator in a mode of ``MODES`` (``chunk``: ``jacobian.chunk``); a combination that cannot
+    run raises ValueError."""
     if method is None:
         return equal_weighting_step(model, tasks, batch), dict
     if isinstance(method, LossWeighting):
@@ -174,4 +177,4 @@ def mtl_step(model: nn.Module, tasks: list[Task], method: Method | None, variant
         return loss_weighting_step(model, tasks, method, batch), dict
     if variant not in MODES:
         raise ValueError(f"unknown mode '{variant}' for {type(method).__name__}; valid modes: {list(MODES)}")
-    return aggregator_step(model, tasks, method, variant, batch)
+    return aggregator_step(model, tasks, method, variant, batch, chunk)
