@@ -58,11 +58,12 @@ parameters' ``.grad``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -219,61 +220,58 @@ class JacobianEngine:
         method runs, ``local`` averages ``[direction | head gradients]`` after it.
         """
         sync = sync or GradientSync()
+        with self._trial_step(shared[0]):
+            if self.mode == "rep" and sync.exact and sync.active:
+                raise ValueError("jacobian.mode=rep aggregates gradients of this process's representation; with several processes use distributed.sync=local or an exact jacobian mode")
+            backpropagated, own_gradients = self.backward_through_heads(separate if separate is not None else losses, losses, representations, heads)
+            if self.groups.due():
+                # every regroup_every steps only: not worth keeping a second (N, K, P) buffer for
+                ungrouped = torch.empty((*losses.shape, numel(shared)), dtype=shared[0].dtype, device=shared[0].device)
+                self._fill_jacobians(ungrouped, backpropagated, shared)
+                (jacobian,) = sync.average([ungrouped.mean(dim=0)], batch_size)
+                self.groups.regroup(jacobian)
+            averaging = None if self.groups.trivial else self.groups.matrix(losses)
+            group_losses = grouped(losses, averaging).detach()
+            samples, rows_per_sample = group_losses.shape
+            if sync.exact and sync.active and self.mode != "rep":
+                width, head_width = numel(shared), numel(heads)
+                flat = self._buffer("exact", (samples * rows_per_sample * (width + 1) + head_width + 1,), shared[0])
+                rows, head_gradients, row_losses, weight = flat.split([samples * rows_per_sample * width, head_width, samples * rows_per_sample, 1])
+                jacobians = rows.view(samples, rows_per_sample, width)
+                self._fill_jacobians(jacobians, backpropagated, shared, averaging)
+                row_losses.copy_(group_losses.flatten())
+                scatter(own_gradients, heads, head_gradients)
+                weight.fill_(batch_size)
+                sync.average_(flat)
+                row_losses = row_losses.view(samples, rows_per_sample)
+                direction = method(jacobians[0], row_losses[0]) if samples == 1 else method(jacobians, row_losses)
+                set_gradient(shared, direction)
+                set_gradient(heads, head_gradients)
+            else:
+                # one process (where exact and local agree): the gradients become the .grad as they are, without a copy
+                direction = self._direction(method, group_losses, backpropagated, shared, averaging)
+                gradients = sync.average([*direction, *own_memory(own_gradients, heads)], batch_size)
+                for parameter, gradient in zip([*shared, *heads], gradients):
+                    parameter.grad = gradient
+
+    @contextlib.contextmanager
+    def _trial_step(self, device_of: Tensor) -> Iterator[None]:
+        """In ``auto`` mode, times the gradient step it wraps as a step of the mode on trial
+        (``ModeTrial``, waiting for the device to finish) and, once the trial has chosen, switches
+        the engine to that mode and logs it; in other modes it does nothing."""
         if self.mode != "auto":
-            self._write_gradients(method, losses, representations, shared, heads, batch_size, sync, separate)
+            yield
             return
         mode = self._trial.mode
-        seconds = timed(lambda: self._write_gradients(method, losses, representations, shared, heads, batch_size, sync, separate), shared[0])
-        choice = self._trial.record(mode, seconds) if self.mode == "auto" else None  # None once batched fell back to loop
+        synchronize(device_of)
+        start = time.perf_counter()
+        yield
+        synchronize(device_of)
+        choice = self._trial.record(mode, time.perf_counter() - start) if self.mode == "auto" else None  # None once batched fell back to loop
         if choice is not None:
             self.mode = choice
             self._buffers.pop("jacobian", None)  # the trial's (K, P) buffer: batched may not need it, loop makes it again
             log.info("jacobian.mode=auto chose %s (%s)", choice, self._trial.summary())
-
-    def _write_gradients(
-        self,
-        method: GradientAggregator,
-        losses: Tensor,
-        representations: Sequence[Representation | None],
-        shared: Sequence[nn.Parameter],
-        heads: Sequence[nn.Parameter],
-        batch_size: int,
-        sync: GradientSync,
-        separate: Sequence[Sequence[Tensor]] | None,
-    ) -> None:
-        """``write_gradients`` in the engine's mode (in ``auto`` mode, the one on trial)."""
-        if self.mode == "rep" and sync.exact and sync.active:
-            raise ValueError("jacobian.mode=rep aggregates gradients of this process's representation; with several processes use distributed.sync=local or an exact jacobian mode")
-        backpropagated, own_gradients = self.backward_through_heads(separate if separate is not None else losses, losses, representations, heads)
-        if self.groups.due():
-            # every regroup_every steps only: not worth keeping a second (N, K, P) buffer for
-            ungrouped = torch.empty((*losses.shape, numel(shared)), dtype=shared[0].dtype, device=shared[0].device)
-            self._fill_jacobians(ungrouped, backpropagated, shared)
-            (jacobian,) = sync.average([ungrouped.mean(dim=0)], batch_size)
-            self.groups.regroup(jacobian)
-        averaging = None if self.groups.trivial else self.groups.matrix(losses)
-        group_losses = grouped(losses, averaging).detach()
-        samples, rows_per_sample = group_losses.shape
-        if sync.exact and sync.active and self.mode != "rep":
-            width, head_width = numel(shared), numel(heads)
-            flat = self._buffer("exact", (samples * rows_per_sample * (width + 1) + head_width + 1,), shared[0])
-            rows, head_gradients, row_losses, weight = flat.split([samples * rows_per_sample * width, head_width, samples * rows_per_sample, 1])
-            jacobians = rows.view(samples, rows_per_sample, width)
-            self._fill_jacobians(jacobians, backpropagated, shared, averaging)
-            row_losses.copy_(group_losses.flatten())
-            scatter(own_gradients, heads, head_gradients)
-            weight.fill_(batch_size)
-            sync.average_(flat)
-            row_losses = row_losses.view(samples, rows_per_sample)
-            direction = method(jacobians[0], row_losses[0]) if samples == 1 else method(jacobians, row_losses)
-            set_gradient(shared, direction)
-            set_gradient(heads, head_gradients)
-        else:
-            # one process (where exact and local agree): the gradients become the .grad as they are, without a copy
-            direction = self._direction(method, group_losses, backpropagated, shared, averaging)
-            gradients = sync.average([*direction, *own_memory(own_gradients, heads)], batch_size)
-            for parameter, gradient in zip([*shared, *heads], gradients):
-                parameter.grad = gradient
 
     def _direction(
         self,
@@ -556,11 +554,7 @@ def copy_rows(gradients: Sequence[Tensor | None], rows: Tensor) -> None:
             row.copy_(gradient)
 
 
-def timed(work: Callable[[], None], device_of: Tensor) -> float:
-    """Seconds ``work`` takes, waiting for the device to finish."""
-    synchronize = torch.cuda.synchronize if device_of.is_cuda else (lambda: None)
-    synchronize()
-    start = time.perf_counter()
-    work()
-    synchronize()
-    return time.perf_counter() - start
+def synchronize(device_of: Tensor) -> None:
+    """Wait for the device of ``device_of`` to finish its queued work (nothing to wait for on the CPU)."""
+    if device_of.is_cuda:
+        torch.cuda.synchronize(device_of.device)
