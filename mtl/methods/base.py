@@ -136,7 +136,9 @@ class GramianWeighting(GradientAggregator):
         Gramian is the sum of the blocks' Gramians, and the Jacobian is never put together."""
         matrices = [block if block.dtype in (torch.float32, torch.float64) else block.float() for block in blocks]
         weights = self.gramian_weights(sum(row_inner_products(matrix, matrix) for matrix in matrices), losses)
-        return [(weights.to(matrix.device, matrix.dtype) @ matrix).to(block.dtype) for matrix, block in zip(matrices, blocks)]
+        # one copy of the weights to each device and dtype, not one per block
+        placed = {place: weights.to(*place) for place in {(matrix.device, matrix.dtype) for matrix in matrices}}
+        return [(placed[matrix.device, matrix.dtype] @ matrix).to(block.dtype) for matrix, block in zip(matrices, blocks)]
 
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
         """``weights`` for a Gramian and losses of any device and dtype, solved in float64 on the
