@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from mtl.build import build_datamodule_and_module
-from mtl.engine import MultiTaskModule
+from mtl.engine import MultiTaskModule, jacobian_modes
 from mtl.engine.jacobian import task_jacobian
 from mtl.engine.jacobian_modes import TRIAL_STEPS, JacobianEngine, ModeTrial, own_memory
 from mtl.methods import GramianWeighting
@@ -147,6 +147,34 @@ def test_the_exact_modes_give_the_reference_jacobian(mode, model_name):
     if model_name == "unused":
         offset = sum(p.numel() for p in shared(model)[: [p is model.encoder.unused for p in shared(model)].index(True)])
         assert torch.all(jacobian[:, offset : offset + 3] == 0)
+
+
+VMAPS = {"torch.func": jacobian_modes.vmapped_products, "prototype": jacobian_modes.prototype_batched_products}
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+@pytest.mark.parametrize("vmap", VMAPS)
+def test_both_vmaps_give_the_reference_jacobian(vmap, model_name, monkeypatch):
+    # batched takes torch.func's vmap on CUDA and the prototype elsewhere; both on the CPU here
+    monkeypatch.setattr(jacobian_modes, "batched_vector_jacobian_products", VMAPS[vmap])
+    model, data = make(model_name), batch(model_name)
+    expected, _ = reference_jacobian(copy.deepcopy(model), data)
+    engine = JacobianEngine("batched")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a fallback to loop would give the reference too
+        assert torch.allclose(engine_jacobian(engine, model, data), expected, atol=1e-6)
+    assert engine.mode == "batched"
+
+
+def test_a_pass_that_torch_func_cannot_batch_falls_back_to_loop_with_its_reason(monkeypatch):
+    monkeypatch.setattr(jacobian_modes, "batched_vector_jacobian_products", jacobian_modes.vmapped_products)
+    model = HardParameterSharing(functools.partial(MLPWithoutBatchingRule, hidden=(4,)), MLPHead, TASKS, (1, 2, 2))
+    data, engine = batch("dropout"), JacobianEngine("batched")
+    expected, _ = reference_jacobian(model, data)
+    # a batched tensor has no memory of its own for NumPy to read
+    with pytest.warns(RuntimeWarning, match=r"jacobian.mode=batched is not possible for this model \(Cannot access data pointer"):
+        assert torch.allclose(engine_jacobian(engine, model, data), expected, atol=1e-6)
+    assert engine.mode == "loop"
 
 
 @pytest.mark.parametrize("mode", ["loop", "batched"])
@@ -284,14 +312,10 @@ def test_the_blocks_fall_back_to_loop_without_a_batching_rule():
 
 
 def batched_passes_run_out_of_memory(monkeypatch):
-    gradient = torch.autograd.grad
+    def out_of_memory(*arguments):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
 
-    def grad(*arguments, is_grads_batched=False, **options):
-        if is_grads_batched:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
-        return gradient(*arguments, **options)
-
-    monkeypatch.setattr(torch.autograd, "grad", grad)
+    monkeypatch.setattr(jacobian_modes, "batched_vector_jacobian_products", out_of_memory)
 
 
 def test_auto_takes_loop_when_batched_runs_out_of_memory(monkeypatch):

@@ -1,0 +1,136 @@
+"""The encoder pass of ``jacobian.mode=batched`` by each vmap, against ``loop``'s ``K`` passes,
+interleaved in one process: the measurement behind ``batched_vector_jacobian_products``' choice of
+vmap per device (``mtl/engine/jacobian_modes.py``).
+
+For each ``bench_setups`` setup, the model's encoder runs forward once on the setup's batch.
+Then, round by round, the ``K`` vector-Jacobian products of the shared parameters run three ways:
+``loop`` (``K`` ``torch.autograd.grad`` calls), ``prototype`` (``is_grads_batched=True``) and
+``torch.func`` (``torch.func.vmap``). The cotangents are random, of the representation's shape;
+the time does not depend on their values. Each way's products are checked against ``loop``'s
+once. Prints the medians and their ratios to ``loop`` as Markdown, and on CUDA the peak memory of
+one pass above the forward graph; writes every timing to ``--out`` as JSON.
+
+    python scripts/bench_vmap.py --out outputs/bench_vmap.json
+    python scripts/bench_vmap.py --device cuda --batch-size resnet18-k40=8 --out outputs/bench_vmap_gpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from rich.progress import track
+
+from bench_setups import SETUPS
+from bench_step import batch_sizes
+from mtl.engine.jacobian_modes import prototype_batched_products, vmapped_products
+from mtl.tasks import INPUT_KEY
+
+Pass = Callable[[], object]
+
+
+def passes(setup_name: str, batch_size: int, device: torch.device) -> dict[str, Pass]:
+    """The three ways to the products on the setup's encoder, each checked against ``loop``."""
+    setup = SETUPS[setup_name]
+    model = setup.model().to(device)
+    shared = list(model.shared_parameters())
+    representation = model.encode(setup.batch(batch_size, device)[INPUT_KEY])
+    cotangents = torch.randn(setup.num_tasks, *representation.shape, device=device)
+
+    def loop() -> list[tuple[torch.Tensor | None, ...]]:
+        return [torch.autograd.grad(representation, shared, grad_outputs=cotangent, retain_graph=True, allow_unused=True) for cotangent in cotangents]
+
+    ways: dict[str, Pass] = {
+        "loop": loop,
+        "prototype": lambda: prototype_batched_products(representation, cotangents, shared),
+        "torch.func": lambda: vmapped_products(representation, cotangents, shared),
+    }
+    expected = [torch.stack(gradients) for gradients in zip(*loop())]
+    for name in ("prototype", "torch.func"):
+        for gradient, reference in zip(ways[name](), expected):
+            if not torch.allclose(gradient, reference, rtol=1e-3, atol=1e-5 * reference.abs().max().item()):
+                raise AssertionError(f"{setup_name}: the {name} products differ from loop's")
+    return ways
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_bytes(run: Pass, device: torch.device) -> int | None:
+    """CUDA: the peak allocation of one ``run`` above the allocation before it (None on the CPU)."""
+    if device.type != "cuda":
+        return None
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    start = torch.cuda.memory_allocated(device)
+    run()
+    synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - start
+
+
+def timed_rounds(ways: dict[str, Pass], warmup: int, rounds: int, device: torch.device, description: str) -> dict[str, list[float]]:
+    """Seconds of every pass of every way, interleaved round by round."""
+    timings: dict[str, list[float]] = {name: [] for name in ways}
+    for round_index in track(range(warmup + rounds), description=description):
+        for name, run in ways.items():
+            synchronize(device)
+            start = time.perf_counter()
+            run()
+            synchronize(device)
+            if round_index >= warmup:
+                timings[name].append(time.perf_counter() - start)
+    return timings
+
+
+def table(results: dict[str, dict]) -> str:
+    """Median times as ratios to ``loop``; the peaks where measured (CUDA)."""
+    ways = list(next(iter(results.values()))["seconds"])
+    measured = any(peak is not None for result in results.values() for peak in result["peak_bytes"].values())
+    columns = ["setup", "batch", "K", "loop (ms)", *(f"{name} / loop" for name in ways[1:])] + ([f"peak MiB ({', '.join(ways)})"] if measured else [])
+    lines = ["| " + " | ".join(columns) + " |", "| --- " * len(columns) + "|"]
+    for setup_name, result in results.items():
+        medians = {name: statistics.median(seconds) for name, seconds in result["seconds"].items()}
+        cells = [setup_name, str(result["batch_size"]), str(SETUPS[setup_name].num_tasks), f"{medians['loop'] * 1e3:.1f}"]
+        cells += [f"{medians[name] / medians['loop']:.2f}" for name in ways[1:]]
+        if measured:
+            cells.append(", ".join(f"{result['peak_bytes'][name] / 2**20:.0f}" for name in ways))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="where to write every pass's time (JSON)")
+    parser.add_argument("--setups", nargs="+", default=["mlp-k40", "resnet18-k40"], choices=list(SETUPS))
+    parser.add_argument("--batch-size", nargs="+", default=[], metavar="[SETUP=]SIZE", help="as bench_step.py's: of every setup, or of one (resnet18-k40=64)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds")
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds; the median is reported")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    args = parser.parse_args()
+    sizes = batch_sizes(parser, args.batch_size)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    results: dict[str, dict] = {}
+    for setup_name in args.setups:
+        ways = passes(setup_name, sizes[setup_name], device)
+        seconds = timed_rounds(ways, args.warmup, args.rounds, device, setup_name)
+        results[setup_name] = {"batch_size": sizes[setup_name], "seconds": seconds, "peak_bytes": {name: peak_bytes(run, device) for name, run in ways.items()}}
+        del ways  # the graph, before the next setup's
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    header = {"device": device_name, "threads": args.threads, "torch": torch.__version__, "warmup": args.warmup, "rounds": args.rounds}
+    args.out.write_text(json.dumps({**header, "results": results}, indent=1))
+    print(f"{device_name}, {args.threads} threads, torch {torch.__version__}; median of {args.rounds} interleaved rounds after {args.warmup}\n")
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
