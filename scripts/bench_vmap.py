@@ -1,6 +1,6 @@
 """The encoder pass of ``jacobian.mode=batched`` by each vmap, against ``loop``'s ``K`` passes,
 interleaved in one process: the measurement behind ``batched_vector_jacobian_products``' choice of
-vmap per device (``mtl/engine/jacobian_modes.py``).
+vmap per device (``mtl/engine/jacobian.py``).
 
 For each ``bench_setups`` setup, the model's encoder runs forward once on the setup's batch.
 Then, round by round, the ``K`` vector-Jacobian products of the shared parameters run three ways:
@@ -28,7 +28,7 @@ from rich.progress import track
 
 from bench_setups import SETUPS
 from bench_step import batch_sizes
-from mtl.engine.jacobian_modes import prototype_batched_products, vmapped_products
+from mtl.engine.jacobian import prototype_batched_products, vmapped_products
 from mtl.tasks import INPUT_KEY
 
 Pass = Callable[[], object]

@@ -17,10 +17,10 @@ alone) and the heads' gradients from one more pass, so its heads are traversed t
 
 - ``loop``: ``K`` vector-Jacobian products through the encoder, one ``torch.autograd.grad`` each.
 - ``batched``: the same products as one vmapped ``torch.autograd.grad`` call per ``chunk`` tasks
-  (all ``K`` at once when ``chunk`` is None; ``batched_vector_jacobian_products``); the memory of
-  the encoder's backward grows with the chunk. A pass that vmap cannot batch (an op without a
-  batching rule) switches the engine to ``loop`` for the rest of the run with one warning that
-  gives vmap's reason.
+  (all ``K`` at once when ``chunk`` is None; ``mtl.engine.jacobian.batched_vector_jacobian_products``);
+  the memory of the encoder's backward grows with the chunk. A pass that vmap cannot batch (an op
+  without a batching rule) switches the engine to ``loop`` for the rest of the run with one
+  warning that gives vmap's reason.
 - ``rep``: MGDA-UB (Sener & Koltun 2018, "Multi-Task Learning as Multi-Objective Optimization",
   arXiv:1810.04650, Section 3.3; LibMTL's ``rep_grad``). The aggregator acts on the gradients with
   respect to the representation, ``Z (K, B·D)`` with ``Z[k] = vec(dL_k/dz)``, and its direction
@@ -71,7 +71,7 @@ import torch
 from torch import Tensor, nn
 
 from mtl.engine.distributed import GradientSync
-from mtl.engine.jacobian import set_gradient
+from mtl.engine.jacobian import batched_vector_jacobian_products, set_gradient
 from mtl.engine.linear_heads import LinearHeadGradients, LinearHeadOutputs, decode_recording_linear_heads
 from mtl.engine.task_groups import TaskGroups
 from mtl.methods.base import GradientAggregator, GramianWeighting
@@ -528,43 +528,6 @@ def scatter(gradients: Sequence[Tensor | None], parameters: Sequence[nn.Paramete
         else:
             block.copy_(gradient.reshape(block.shape))
         offset += size
-
-
-def batched_vector_jacobian_products(outputs: Tensor, cotangents: Tensor, inputs: Sequence[Tensor]) -> tuple[Tensor | None, ...]:
-    """``(d outputs/d input)ᵀ · cotangents[k]`` for every ``k`` in one pass: per input
-    ``(len(cotangents), *input.shape)``, or None where no output depends on it.
-
-    Two vmaps can batch the pass. The legacy prototype behind ``is_grads_batched=True``
-    (``prototype_batched_products``) has no batching rule for the backward of convolution or
-    BatchNorm: it runs those ops once per cotangent and stacks the results, so on a convolutional
-    encoder it launches at least as many kernels as ``loop`` and cannot beat it on a GPU.
-    ``torch.func.vmap`` (``vmapped_products``) folds the ``K`` cotangents into one convolution,
-    into its batch for the input gradient and into its output channels for the weight gradient.
-    CUDA takes it, for that reason; the same script measures the two on a GPU, which has not been
-    done yet. On the CPU the prototype is the faster of the two (``scripts/bench_vmap.py``,
-    ResNet-18 with 40 tasks: 1.78x ``loop``'s time against 2.93x), since ``torch.func``'s rules
-    add copies of the ``K``-fold gradients and an elementwise BatchNorm backward. On linear layers
-    the two are even."""
-    batched = vmapped_products if cotangents.is_cuda else prototype_batched_products
-    return batched(outputs, cotangents, inputs)
-
-
-def vmapped_products(outputs: Tensor, cotangents: Tensor, inputs: Sequence[Tensor]) -> tuple[Tensor | None, ...]:
-    """``batched_vector_jacobian_products`` by ``torch.func.vmap`` over ``torch.autograd.grad``."""
-    unused: list[bool] = []
-
-    def products(cotangent: Tensor) -> tuple[Tensor, ...]:
-        gradients = torch.autograd.grad(outputs, inputs, grad_outputs=cotangent, retain_graph=True, allow_unused=True)
-        unused[:] = [gradient is None for gradient in gradients]
-        return tuple(gradient for gradient in gradients if gradient is not None)
-
-    used = iter(torch.func.vmap(products)(cotangents))
-    return tuple(None if is_unused else next(used) for is_unused in unused)
-
-
-def prototype_batched_products(outputs: Tensor, cotangents: Tensor, inputs: Sequence[Tensor]) -> tuple[Tensor | None, ...]:
-    """``batched_vector_jacobian_products`` by ``torch.autograd.grad(..., is_grads_batched=True)``."""
-    return torch.autograd.grad(outputs, inputs, grad_outputs=cotangents, retain_graph=True, allow_unused=True, is_grads_batched=True)
 
 
 def own_memory(gradients: Sequence[Tensor | None], parameters: Sequence[nn.Parameter]) -> list[Tensor]:

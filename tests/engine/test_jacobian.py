@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from mtl.build import build_datamodule_and_module
-from mtl.engine import MultiTaskModule, jacobian_modes
+from mtl.engine import MultiTaskModule, jacobian, jacobian_modes
 from mtl.engine.jacobian import task_jacobian
 from mtl.engine.jacobian_modes import TRIAL_STEPS, JacobianEngine, ModeTrial, own_memory
 from mtl.methods import GramianWeighting
@@ -149,7 +149,7 @@ def test_the_exact_modes_give_the_reference_jacobian(mode, model_name):
         assert torch.all(jacobian[:, offset : offset + 3] == 0)
 
 
-VMAPS = {"torch.func": jacobian_modes.vmapped_products, "prototype": jacobian_modes.prototype_batched_products}
+VMAPS = {"torch.func": jacobian.vmapped_products, "prototype": jacobian.prototype_batched_products}
 
 
 @pytest.mark.parametrize("model_name", MODELS)
@@ -167,7 +167,7 @@ def test_both_vmaps_give_the_reference_jacobian(vmap, model_name, monkeypatch):
 
 
 def test_a_pass_that_torch_func_cannot_batch_falls_back_to_loop_with_its_reason(monkeypatch):
-    monkeypatch.setattr(jacobian_modes, "batched_vector_jacobian_products", jacobian_modes.vmapped_products)
+    monkeypatch.setattr(jacobian_modes, "batched_vector_jacobian_products", jacobian.vmapped_products)
     model = HardParameterSharing(functools.partial(MLPWithoutBatchingRule, hidden=(4,)), MLPHead, TASKS, (1, 2, 2))
     data, engine = batch("dropout"), JacobianEngine("batched")
     expected, _ = reference_jacobian(model, data)
