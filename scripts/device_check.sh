@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The Jacobian engine's GPU checks in one call of the device tool (issue 4), sized for about 6 minutes on an
-# H200. Make the wheels here first (scripts/device_wheels.sh), then run, carrying .whl:
+# The Jacobian engine's GPU checks in one call of the device tool (issue 4), sized for about 6
+# minutes on an H200. Make the wheels here first (scripts/device_wheels.sh), then run, carrying .whl:
 #
 #     bash scripts/device_check.sh        # as the device tool's command, carry [".whl"], timeout 540
 #
