@@ -2,7 +2,7 @@
 # The wheels that scripts/device_check.sh installs on the device machine, which has PyTorch,
 # Lightning, torchmetrics, rich, NumPy and SciPy (Python 3.12) but no network: mtl's other
 # dependencies, and TorchJD and LibMTL for bench_step.py's peers. Run here, in the repository's
-# root, where PyPI can be reached; they land in .whl/ (ignored by git), about 10 MiB. Versions as
+# root, where PyPI can be reached; they land in .whl/ (ignored by git), about 12 MiB. Versions as
 # in the CPU benchmarks (BENCHMARKS.md). Left out, to stay within the 64 MiB a device call
 # carries: cvxpy's solvers SCS (a 43 MB wheel) and its sparsediffpy (12 MB), which TorchJD's
 # methods do not use (CAGrad solves with Clarabel, Nash-MTL with ECOS); cvxpy then lists SCS as not

@@ -44,15 +44,17 @@ def batched_vector_jacobian_products(outputs: Tensor, cotangents: Tensor, inputs
 
     Two vmaps can batch the pass. The legacy prototype behind ``is_grads_batched=True``
     (``prototype_batched_products``) has no batching rule for the backward of convolution or
-    BatchNorm: it runs those ops once per cotangent and stacks the results, so on a convolutional
-    encoder it launches at least as many kernels as ``loop`` and cannot beat it on a GPU.
-    ``torch.func.vmap`` (``vmapped_products``) folds the ``K`` cotangents into one convolution,
-    into its batch for the input gradient and into its output channels for the weight gradient.
-    CUDA takes it, for that reason; the same script measures the two on a GPU, which has not been
-    done yet. On the CPU the prototype is the faster of the two (``scripts/bench_vmap.py``,
-    ResNet-18 with 40 tasks: 1.78x ``loop``'s time against 2.93x), since ``torch.func``'s rules
-    add copies of the ``K``-fold gradients and an elementwise BatchNorm backward. On linear layers
-    the two are even."""
+    BatchNorm. It runs those ops once per cotangent and stacks the results, so on a convolutional
+    encoder it launches at least as many kernels as ``loop``; on the H100 its ResNet-18 step was
+    no faster than ``loop``'s. ``torch.func.vmap`` (``vmapped_products``) folds the ``K``
+    cotangents into one convolution, into its batch for the input gradient and into its output
+    channels for the weight gradient. CUDA takes it for that reason; ``scripts/bench_vmap.py``
+    measures the two, and its GPU rows are still to be run. On the CPU the prototype is the faster
+    (BENCHMARKS.md), since ``torch.func``'s rules add copies of the ``K``-fold gradients and an
+    elementwise BatchNorm backward; on linear layers the two are even.
+
+    Most ops without a batching rule run in the vmap's own loop over the cotangents; what it
+    cannot run at all (NumPy, ``.item()``, data-dependent control flow) raises a RuntimeError."""
     batched = vmapped_products if cotangents.is_cuda else prototype_batched_products
     return batched(outputs, cotangents, inputs)
 

@@ -18,9 +18,9 @@ alone) and the heads' gradients from one more pass, so its heads are traversed t
 - ``loop``: ``K`` vector-Jacobian products through the encoder, one ``torch.autograd.grad`` each.
 - ``batched``: the same products as one vmapped ``torch.autograd.grad`` call per ``chunk`` tasks
   (all ``K`` at once when ``chunk`` is None; ``mtl.engine.jacobian.batched_vector_jacobian_products``);
-  the memory of the encoder's backward grows with the chunk. A pass that vmap cannot batch (an op
-  without a batching rule) switches the engine to ``loop`` for the rest of the run with one
-  warning that gives vmap's reason.
+  the memory of the encoder's backward grows with the chunk. A pass that vmap cannot run (it
+  raises, e.g. on NumPy or data-dependent control flow) switches the engine to ``loop`` for the
+  rest of the run with one warning that gives vmap's reason.
 - ``rep``: MGDA-UB (Sener & Koltun 2018, "Multi-Task Learning as Multi-Objective Optimization",
   arXiv:1810.04650, Section 3.3; LibMTL's ``rep_grad``). The aggregator acts on the gradients with
   respect to the representation, ``Z (K, B·D)`` with ``Z[k] = vec(dL_k/dz)``, and its direction
@@ -395,8 +395,8 @@ class JacobianEngine:
             scatter(gradients, shared, row)
 
     def _fill_batched(self, rows: Tensor, outputs: Tensor, cotangents: Tensor, shared: Sequence[nn.Parameter]) -> bool:
-        """``_fill`` by one vmapped pass per chunk of tasks; False, with ``rows`` not filled, when the
-        model has an op without a batching rule."""
+        """``_fill`` by one vmapped pass per chunk of tasks; False, with ``rows`` not filled, when
+        vmap cannot run the pass (``_batched_gradients``)."""
         size = self.chunk or len(rows)
         for start in range(0, len(rows), size):
             block = slice(start, start + size)
@@ -408,9 +408,9 @@ class JacobianEngine:
 
     def _batched_gradients(self, outputs: Tensor, cotangents: Tensor, shared: Sequence[nn.Parameter]) -> tuple[Tensor | None, ...] | None:
         """The vector-Jacobian products of all ``cotangents`` in one vmapped pass: per parameter
-        ``(len(cotangents), *parameter.shape)``, or None where no output depends on it. None when an
-        op has no batching rule, or in ``auto`` mode when the pass runs out of memory (``loop`` holds
-        one task's backward at a time), and the engine then uses ``loop`` for the rest of the run."""
+        ``(len(cotangents), *parameter.shape)``, or None where no output depends on it. None when
+        vmap cannot run the pass, or in ``auto`` mode when the pass runs out of memory (``loop``
+        holds one task's backward at a time); the engine then uses ``loop`` for the rest of the run."""
         try:
             return batched_vector_jacobian_products(outputs, cotangents, shared)
         except torch.OutOfMemoryError as error:
@@ -428,8 +428,8 @@ class JacobianEngine:
         """``batched`` mode's direction for a Gramian weighting when every task fits in one vmapped
         pass: that pass returns the Jacobian as one block of columns per parameter, which the method
         takes as they are (``GramianWeighting.combine_blocks``). They are never copied into the
-        ``(K, P)`` buffer, so the step holds one Jacobian instead of two. None when an op has no
-        batching rule (``_batched_gradients``)."""
+        ``(K, P)`` buffer, so the step holds one Jacobian instead of two. None when vmap cannot run
+        the pass (``_batched_gradients``)."""
         outputs, cotangents = backpropagated
         gradients = self._batched_gradients(outputs, grouped_cotangents(cotangents, averaging), shared)
         if gradients is None:

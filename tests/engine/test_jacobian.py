@@ -166,6 +166,18 @@ def test_both_vmaps_give_the_reference_jacobian(vmap, model_name, monkeypatch):
     assert engine.mode == "batched"
 
 
+@pytest.mark.parametrize("vmap", VMAPS)
+def test_both_vmaps_give_the_blocks_of_the_reference_direction_with_an_unused_parameter(vmap, monkeypatch):
+    monkeypatch.setattr(jacobian_modes, "batched_vector_jacobian_products", VMAPS[vmap])
+    model, data = make("unused"), batch("unused")
+    expected, losses = reference_jacobian(copy.deepcopy(model), data)
+    engine = JacobianEngine("batched")
+    write_gradients(engine, UPGrad(len(TASKS)), model, data)
+    direction = torch.cat([parameter.grad.flatten() for parameter in shared(model)])
+    assert torch.allclose(direction, UPGrad(len(TASKS))(expected, losses.detach()), atol=1e-6)
+    assert torch.all(model.encoder.unused.grad == 0) and engine.mode == "batched"
+
+
 def test_a_pass_that_torch_func_cannot_batch_falls_back_to_loop_with_its_reason(monkeypatch):
     monkeypatch.setattr(jacobian_modes, "batched_vector_jacobian_products", jacobian.vmapped_products)
     model = HardParameterSharing(functools.partial(MLPWithoutBatchingRule, hidden=(4,)), MLPHead, TASKS, (1, 2, 2))
