@@ -21,14 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
-from rich.progress import track
 
 import bench_peers
 from bench_measure import first_line
+from bench_rounds import interleaved_rounds
 from bench_setups import SETUPS
 from bench_steps import Step, mtl_step
 
@@ -63,19 +62,6 @@ def steps_to_time(setup_name: str, method: str, peers: dict[str, bench_peers.Pee
             left_out[name] = reason
     steps["auto"]()
     return steps, auto_details()["auto_chose"], left_out
-
-
-def timed_rounds(steps: dict[str, Step], warmup: int, rounds: int, description: str) -> dict[str, list[float]]:
-    """Seconds of every step of every variant, interleaved round by round."""
-    timings: dict[str, list[float]] = {variant: [] for variant in steps}
-    for round_index in track(range(warmup + rounds), description=description):
-        for variant, step in steps.items():
-            start = time.perf_counter()
-            step()
-            elapsed = time.perf_counter() - start
-            if round_index >= warmup:
-                timings[variant].append(elapsed)
-    return timings
 
 
 def table(results: dict[str, dict[str, dict]], peer_names: list[str]) -> str:
@@ -113,7 +99,7 @@ def main() -> None:
         results[setup_name] = {}
         for method in args.methods:
             steps, auto_chose, left_out = steps_to_time(setup_name, method, peers)
-            seconds = timed_rounds(steps, args.warmup, args.rounds, f"{setup_name} {method}")
+            seconds = interleaved_rounds(steps, args.warmup, args.rounds, description=f"{setup_name} {method}")
             results[setup_name][method] = {"seconds": seconds, "auto_chose": auto_chose, "left_out": left_out}
             del steps  # before the next method's models and buffers
     args.out.parent.mkdir(parents=True, exist_ok=True)

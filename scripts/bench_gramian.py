@@ -11,13 +11,14 @@ against the float64 product. Writes every time to ``--out`` as JSON.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
 
+from bench_rounds import interleaved_rounds
 from mtl.engine.host_memory import retain_freed_host_memory
 from mtl.methods.base import row_inner_products
 
@@ -37,21 +38,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     retain_freed_host_memory()
     device = torch.device(args.device)
-    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     results = {}
     lines = ["| K | J @ J.T (ms) | row_inner_products (ms) | ratio | error of J @ J.T | error of row_inner_products |", "| --- | --- | --- | --- | --- | --- |"]
     for tasks in args.tasks:
         matrix = torch.randn(tasks, args.columns, generator=torch.Generator().manual_seed(tasks)).to(device)
         exact = matrix.double() @ matrix.double().T
-        seconds: dict[str, list[float]] = {way: [] for way in WAYS}
-        for round_index in range(args.warmup + args.rounds):
-            for way, gramian in WAYS.items():
-                synchronize()
-                start = time.perf_counter()
-                gramian(matrix)
-                synchronize()
-                if round_index >= args.warmup:
-                    seconds[way].append(time.perf_counter() - start)
+        seconds = interleaved_rounds({way: functools.partial(gramian, matrix) for way, gramian in WAYS.items()}, args.warmup, args.rounds, device)
         medians = {way: statistics.median(values) for way, values in seconds.items()}
         errors = {way: (gramian(matrix).double() - exact).abs().max().item() for way, gramian in WAYS.items()}
         results[tasks] = {"seconds": seconds, "errors": errors}

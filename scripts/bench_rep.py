@@ -18,7 +18,6 @@ time to ``--out`` as JSON.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import time
@@ -26,10 +25,10 @@ from pathlib import Path
 from unittest import mock
 
 import torch
-from rich.progress import track
 
+from bench_rounds import interleaved_rounds
 from bench_setups import SETUPS
-from bench_steps import mtl_step
+from bench_steps import Step, mtl_step
 
 import mtl.engine.linear_heads
 from mtl.engine.host_memory import retain_freed_host_memory
@@ -44,6 +43,16 @@ FORMED = "formed"
 def formed_gradients() -> mock._patch:
     """The engine with the representation gradients always formed."""
     return mock.patch.object(mtl.engine.linear_heads, "products_are_cheaper", lambda representation, layers: False)
+
+
+def with_formed_gradients(step: Step) -> Step:
+    """``step`` run with the representation gradients formed (``formed_gradients``)."""
+
+    def formed_step() -> None:
+        with formed_gradients():
+            step()
+
+    return formed_step
 
 
 def uses_products(setup_name: str) -> bool:
@@ -76,22 +85,15 @@ def timed_rounds(setup_name: str, methods: list[str], warmup: int, rounds: int) 
     each rep step: ``{"steps": {variant: seconds}, "solves": {variant: seconds}}``."""
     setup = SETUPS[setup_name]
     tasks, batch = setup.tasks(), setup.batch(setup.batch_size, torch.device("cpu"))
-    steps = {"ew": (mtl_step(setup.model(), tasks, None, "ew", batch)[0], False)}
+    steps = {"ew": mtl_step(setup.model(), tasks, None, "ew", batch)[0]}
     solves: dict[str, TimedSolves] = {}
     variants = [(name, False) for name in methods] + ([(f"{name} {FORMED}", True) for name in methods] if uses_products(setup_name) else [])
     for variant, formed in variants:
         method = METHODS[variant.split()[0]](len(tasks))
         solves[variant] = TimedSolves(method)
-        steps[variant] = (mtl_step(setup.model(), tasks, method, "rep", batch)[0], formed)
-    timings: dict[str, list[float]] = {variant: [] for variant in steps}
-    for round_index in track(range(warmup + rounds), description=setup_name):
-        for variant, (step, formed) in steps.items():
-            with formed_gradients() if formed else contextlib.nullcontext():
-                start = time.perf_counter()
-                step()
-                elapsed = time.perf_counter() - start
-            if round_index >= warmup:
-                timings[variant].append(elapsed)
+        step = mtl_step(setup.model(), tasks, method, "rep", batch)[0]
+        steps[variant] = with_formed_gradients(step) if formed else step
+    timings = interleaved_rounds(steps, warmup, rounds, description=setup_name)
     return {"steps": timings, "solves": {variant: solve.seconds[-rounds:] for variant, solve in solves.items()}}
 
 

@@ -19,13 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from rich.progress import track
 
+from bench_rounds import interleaved_rounds
 from bench_setups import SETUPS
 from bench_step import batch_sizes
 from mtl.engine.jacobian import prototype_batched_products, vmapped_products
@@ -70,35 +69,16 @@ def check_against_loop(ways: dict[str, Pass], setup_name: str) -> None:
         torch.backends.cudnn.allow_tf32 = convolutions
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def peak_bytes(run: Pass, device: torch.device) -> int | None:
     """CUDA: the peak allocation of one ``run`` above the allocation before it (None on the CPU)."""
     if device.type != "cuda":
         return None
-    synchronize(device)
+    torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     start = torch.cuda.memory_allocated(device)
     run()
-    synchronize(device)
+    torch.cuda.synchronize(device)
     return torch.cuda.max_memory_allocated(device) - start
-
-
-def timed_rounds(ways: dict[str, Pass], warmup: int, rounds: int, device: torch.device, description: str) -> dict[str, list[float]]:
-    """Seconds of every pass of every way, interleaved round by round."""
-    timings: dict[str, list[float]] = {name: [] for name in ways}
-    for round_index in track(range(warmup + rounds), description=description):
-        for name, run in ways.items():
-            synchronize(device)
-            start = time.perf_counter()
-            run()
-            synchronize(device)
-            if round_index >= warmup:
-                timings[name].append(time.perf_counter() - start)
-    return timings
 
 
 def table(results: dict[str, dict]) -> str:
@@ -133,7 +113,7 @@ def main() -> None:
     results: dict[str, dict] = {}
     for setup_name in args.setups:
         ways = passes(setup_name, sizes[setup_name], device)
-        seconds = timed_rounds(ways, args.warmup, args.rounds, device, setup_name)
+        seconds = interleaved_rounds(ways, args.warmup, args.rounds, device, setup_name)
         results[setup_name] = {"batch_size": sizes[setup_name], "seconds": seconds, "peak_bytes": {name: peak_bytes(run, device) for name, run in ways.items()}}
         del ways  # the graph, before the next setup's
     args.out.parent.mkdir(parents=True, exist_ok=True)
