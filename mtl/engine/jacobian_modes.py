@@ -18,9 +18,11 @@ alone) and the heads' gradients from one more pass, so its heads are traversed t
 - ``loop``: ``K`` vector-Jacobian products through the encoder, one ``torch.autograd.grad`` each.
 - ``batched``: the same products as one vmapped ``torch.autograd.grad`` call per ``chunk`` tasks
   (all ``K`` at once when ``chunk`` is None; ``mtl.engine.jacobian.batched_vector_jacobian_products``);
-  the memory of the encoder's backward grows with the chunk. A pass that vmap cannot run (it
-  raises, e.g. on NumPy or data-dependent control flow) switches the engine to ``loop`` for the
-  rest of the run with one warning that gives vmap's reason.
+  the memory of the encoder's backward grows with the chunk. A pass that runs out of memory
+  halves the chunk, with a warning, and runs again; in ``auto`` mode a pass of one task that runs
+  out of memory makes the choice ``loop``. A pass that vmap cannot run (it raises, e.g. on NumPy
+  or data-dependent control flow) switches the engine to ``loop`` for the rest of the run with
+  one warning that gives vmap's reason.
 - ``rep``: MGDA-UB (Sener & Koltun 2018, "Multi-Task Learning as Multi-Objective Optimization",
   arXiv:1810.04650, Section 3.3; LibMTL's ``rep_grad``). The aggregator acts on the gradients with
   respect to the representation, ``Z (K, B·D)`` with ``Z[k] = vec(dL_k/dz)``, and its direction
@@ -35,8 +37,7 @@ alone) and the heads' gradients from one more pass, so its heads are traversed t
   (``ModeTrial``: the first ``1 + TRIAL_STEPS`` calls of ``write_gradients`` run ``batched``, the
   next as many ``loop``; each mode's first call is its warm-up and its best later timing counts);
   decided once and logged at INFO. The step is timed, not the Jacobian alone, since a mode's
-  memory traffic also slows what follows it (the method's Gramian, the write into ``.grad``). A
-  ``batched`` pass that runs out of memory makes the choice ``loop``, with one warning.
+  memory traffic also slows what follows it (the method's Gramian, the write into ``.grad``).
 
 Both exact modes give the reference Jacobian (up to float rounding) on any model, BatchNorm and
 dropout included, since the forward pass is the ordinary one. They assume that ``decode`` uses no
@@ -128,6 +129,11 @@ class ModeTrial:
         if any(len(timings) <= self.steps for timings in self.timings.values()):
             return None
         return min(self.timings, key=self.best)
+
+    def restart(self, mode: str) -> None:
+        """Count ``mode``'s steps from nothing again, its next one a warm-up: the engine has
+        changed how it runs the mode."""
+        self.timings[mode] = []
 
     def best(self, mode: str) -> float:
         """The best timed step of ``mode`` (its warm-up left out)."""
@@ -263,12 +269,17 @@ class JacobianEngine:
         if self.mode != "auto":
             yield
             return
-        mode = self._trial.mode
+        mode, chunk = self._trial.mode, self.chunk
         synchronize(device_of)
         start = time.perf_counter()
         yield
         synchronize(device_of)
-        choice = self._trial.record(mode, time.perf_counter() - start) if self.mode == "auto" else None  # None once batched fell back to loop
+        if self.mode != "auto":  # batched fell back to loop
+            return
+        if self.chunk != chunk:  # batched ran out of memory, and its later steps run in chunks
+            self._trial.restart(mode)
+            return
+        choice = self._trial.record(mode, time.perf_counter() - start)
         if choice is not None:
             self.mode = choice
             self._buffers.pop("jacobian", None)  # the trial's (K, P) buffer: batched may not need it, loop makes it again
@@ -395,25 +406,37 @@ class JacobianEngine:
             scatter(gradients, shared, row)
 
     def _fill_batched(self, rows: Tensor, outputs: Tensor, cotangents: Tensor, shared: Sequence[nn.Parameter]) -> bool:
-        """``_fill`` by one vmapped pass per chunk of tasks; False, with ``rows`` not filled, when
-        vmap cannot run the pass (``_batched_gradients``)."""
-        size = self.chunk or len(rows)
-        for start in range(0, len(rows), size):
-            block = slice(start, start + size)
+        """``_fill`` by one vmapped pass per chunk of tasks; a pass that ran out of memory is run
+        again in the smaller chunks it left (``_batched_gradients``). False, with ``rows`` not
+        filled, when the engine fell back to ``loop``."""
+        start = 0
+        while start < len(rows):
+            block = slice(start, start + (self.chunk or len(rows)))
             gradients = self._batched_gradients(outputs, cotangents[block], shared)
-            if gradients is None:
+            if gradients is not None:
+                scatter(gradients, shared, rows[block])
+                start = block.stop
+            elif self._exact_mode == "loop":
                 return False
-            scatter(gradients, shared, rows[block])
         return True
 
     def _batched_gradients(self, outputs: Tensor, cotangents: Tensor, shared: Sequence[nn.Parameter]) -> tuple[Tensor | None, ...] | None:
         """The vector-Jacobian products of all ``cotangents`` in one vmapped pass: per parameter
-        ``(len(cotangents), *parameter.shape)``, or None where no output depends on it. None when
-        vmap cannot run the pass, or in ``auto`` mode when the pass runs out of memory (``loop``
-        holds one task's backward at a time); the engine then uses ``loop`` for the rest of the run."""
+        ``(len(cotangents), *parameter.shape)``, or None where no output depends on it.
+
+        None when the pass failed. A pass of several tasks that ran out of memory halves
+        ``chunk`` for this and every later step, with a warning: the memory of a vmapped pass
+        grows with its tasks. When vmap cannot run the pass, or in ``auto`` mode when a pass of
+        one task ran out of memory, the engine uses ``loop`` for the rest of the run (``loop``
+        holds one task's backward at a time, without vmap). A pass of one task that runs out of
+        memory in ``batched`` mode raises."""
         try:
             return batched_vector_jacobian_products(outputs, cotangents, shared)
         except torch.OutOfMemoryError as error:
+            if len(cotangents) > 1:
+                self.chunk = math.ceil(len(cotangents) / 2)
+                warnings.warn(f"jacobian.mode=batched ran out of memory with {len(cotangents)} tasks in one call ({first_line(error)}); using jacobian.chunk={self.chunk}", RuntimeWarning, stacklevel=2)
+                return None
             if self.mode != "auto":
                 raise
             self._fall_back(error)
@@ -428,8 +451,8 @@ class JacobianEngine:
         """``batched`` mode's direction for a Gramian weighting when every task fits in one vmapped
         pass: that pass returns the Jacobian as one block of columns per parameter, which the method
         takes as they are (``GramianWeighting.combine_blocks``). They are never copied into the
-        ``(K, P)`` buffer, so the step holds one Jacobian instead of two. None when vmap cannot run
-        the pass (``_batched_gradients``)."""
+        ``(K, P)`` buffer, so the step holds one Jacobian instead of two. None when the pass failed
+        (``_batched_gradients``): the buffer is filled then, by ``loop`` or in chunks."""
         outputs, cotangents = backpropagated
         gradients = self._batched_gradients(outputs, grouped_cotangents(cotangents, averaging), shared)
         if gradients is None:
@@ -438,8 +461,7 @@ class JacobianEngine:
         return [torch.zeros_like(parameter) if gradient is None else next(parts).view_as(parameter) for gradient, parameter in zip(gradients, shared)]
 
     def _fall_back(self, error: RuntimeError) -> None:
-        reason = str(error).splitlines()[0]
-        warnings.warn(f"jacobian.mode=batched is not possible for this model ({reason}); using jacobian.mode=loop", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"jacobian.mode=batched is not possible for this model ({first_line(error)}); using jacobian.mode=loop", RuntimeWarning, stacklevel=2)
         self.mode = "loop"
 
     def _representation_direction(
@@ -553,6 +575,11 @@ def copy_rows(gradients: Sequence[Tensor | None], rows: Tensor) -> None:
             row.zero_()
         else:
             row.copy_(gradient)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message, for a warning."""
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 def synchronize(device_of: Tensor) -> None:

@@ -267,7 +267,7 @@ def write_gradients(engine, method, model, data, seed=2):
     engine.write_gradients(method, stack_losses(TASKS, predictions, data)[None], [representation], shared(model))
 
 
-def slowed(work, seconds=0.02):
+def slowed(work, seconds=0.1):  # far above the noise of a loaded 2-core machine
     def slow_work(*arguments):
         time.sleep(seconds)
         return work(*arguments)
@@ -323,29 +323,79 @@ def test_the_blocks_fall_back_to_loop_without_a_batching_rule():
     assert torch.allclose(method.jacobian, expected, atol=1e-6)
 
 
-def batched_passes_run_out_of_memory(monkeypatch):
-    def out_of_memory(*arguments):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+def batched_passes_run_out_of_memory(monkeypatch, above=0):
+    """Every vmapped pass of more than ``above`` tasks raises CUDA's out-of-memory error."""
+    products = jacobian_modes.batched_vector_jacobian_products
 
-    monkeypatch.setattr(jacobian_modes, "batched_vector_jacobian_products", out_of_memory)
+    def limited(outputs, cotangents, inputs):
+        if len(cotangents) > above:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return products(outputs, cotangents, inputs)
+
+    monkeypatch.setattr(jacobian_modes, "batched_vector_jacobian_products", limited)
 
 
-def test_auto_takes_loop_when_batched_runs_out_of_memory(monkeypatch):
+@pytest.mark.parametrize("mode", ["batched", "auto"])
+def test_a_batched_pass_that_runs_out_of_memory_halves_the_chunk_and_runs_again(mode, monkeypatch):
+    model, data = make("dropout"), batch("dropout")
+    expected, _ = reference_jacobian(copy.deepcopy(model), data)
+    batched_passes_run_out_of_memory(monkeypatch, above=2)
+    engine, method = JacobianEngine(mode), Recording(len(TASKS))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        write_gradients(engine, method, model, data)
+    assert [str(warning.message) for warning in caught] == [
+        "jacobian.mode=batched ran out of memory with 3 tasks in one call (CUDA out of memory. Tried to allocate 9.00 GiB); using jacobian.chunk=2"
+    ]
+    assert engine.chunk == 2 and engine._exact_mode == "batched"
+    assert torch.allclose(method.jacobian, expected, atol=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # the later steps run in chunks of 2 at once
+        write_gradients(engine, method, model, data)
+    assert torch.allclose(method.jacobian, expected, atol=1e-6)
+
+
+def test_auto_times_batched_again_in_the_chunks_it_halved_to(monkeypatch):
+    # the step that ran out of memory is not one of batched's trial steps: they start again after it
+    model, data = make("dropout"), batch("dropout")
+    batched_passes_run_out_of_memory(monkeypatch, above=2)
+    engine, method = JacobianEngine("auto"), Recording(len(TASKS))
+    modes = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for _ in range(2 * TRIAL_STEPS + 3):
+            modes.append(engine._trial.mode)
+            write_gradients(engine, method, model, data)
+    assert modes == ["batched"] * (TRIAL_STEPS + 2) + ["loop"] * (TRIAL_STEPS + 1)
+    assert engine.mode in ("batched", "loop") and engine.chunk == 2
+
+
+def test_auto_takes_loop_when_a_batched_pass_of_one_task_runs_out_of_memory(monkeypatch):
     model, data = make("dropout"), batch("dropout")
     expected, _ = reference_jacobian(copy.deepcopy(model), data)
     batched_passes_run_out_of_memory(monkeypatch)
     engine, method = JacobianEngine("auto"), Recording(len(TASKS))
-    with pytest.warns(RuntimeWarning, match=r"jacobian.mode=batched is not possible for this model \(CUDA out of memory"):
+    with pytest.warns(RuntimeWarning) as caught:
         write_gradients(engine, method, model, data)
+    # halved to one task per call, which runs out of memory too
+    assert [str(warning.message).split(" (")[0] for warning in caught] == [
+        "jacobian.mode=batched ran out of memory with 3 tasks in one call",
+        "jacobian.mode=batched ran out of memory with 2 tasks in one call",
+        "jacobian.mode=batched is not possible for this model",
+    ]
     assert engine.mode == "loop"
     assert torch.allclose(method.jacobian, expected, atol=1e-6)
 
 
-def test_batched_chosen_by_the_user_raises_when_it_runs_out_of_memory(monkeypatch):
+def test_batched_chosen_by_the_user_raises_when_a_pass_of_one_task_runs_out_of_memory(monkeypatch):
     model, data = make("dropout"), batch("dropout")
     batched_passes_run_out_of_memory(monkeypatch)
-    with pytest.raises(torch.OutOfMemoryError):
-        write_gradients(JacobianEngine("batched"), Recording(len(TASKS)), model, data)
+    engine = JacobianEngine("batched")
+    with pytest.raises(torch.OutOfMemoryError), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        write_gradients(engine, Recording(len(TASKS)), model, data)
+    assert [str(warning.message).rsplit("; ", 1)[1] for warning in caught] == ["using jacobian.chunk=2", "using jacobian.chunk=1"]
+    assert engine.chunk == 1
 
 
 @pytest.mark.parametrize("mode", ["loop", "batched"])
