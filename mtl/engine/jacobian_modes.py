@@ -36,7 +36,8 @@ alone) and the heads' gradients from one more pass, so its heads are traversed t
 - ``auto`` (default): ``batched`` or ``loop``, whichever makes the whole gradient step faster
   (``ModeTrial``: the first ``1 + TRIAL_STEPS`` calls of ``write_gradients`` run ``batched``, the
   next as many ``loop``; each mode's first call is its warm-up and its best later timing counts);
-  decided once and logged at INFO. The step is timed, not the Jacobian alone, since a mode's
+  decided once and logged at INFO. A step in which ``batched`` ran out of memory and halved its
+  chunk starts ``batched``'s steps again; after a choice of ``batched``, the whole trial. The step is timed, not the Jacobian alone, since a mode's
   memory traffic also slows what follows it (the method's Gramian, the write into ``.grad``).
 
 Both exact modes give the reference Jacobian (up to float rounding) on any model, BatchNorm and
@@ -158,6 +159,8 @@ class JacobianEngine:
         if chunk is not None and chunk < 1:
             raise ValueError(f"jacobian chunk must be a positive number of tasks or null, got {chunk}")
         self.mode = mode
+        self.automatic = mode == "auto"
+        """Whether the mode was ``auto``: ``mode`` becomes the trial's choice once it is made."""
         self.chunk = chunk
         self.groups = TaskGroups(groups, regroup_every)
         self._trial = ModeTrial()
@@ -407,7 +410,7 @@ class JacobianEngine:
 
     def _fill_batched(self, rows: Tensor, outputs: Tensor, cotangents: Tensor, shared: Sequence[nn.Parameter]) -> bool:
         """``_fill`` by one vmapped pass per chunk of tasks; a pass that ran out of memory is run
-        again in the smaller chunks it left (``_batched_gradients``). False, with ``rows`` not
+        again in the smaller chunks it left (``_batched_gradients``). False, with ``rows`` not all
         filled, when the engine fell back to ``loop``."""
         start = 0
         while start < len(rows):
@@ -424,20 +427,23 @@ class JacobianEngine:
         """The vector-Jacobian products of all ``cotangents`` in one vmapped pass: per parameter
         ``(len(cotangents), *parameter.shape)``, or None where no output depends on it.
 
-        None when the pass failed. A pass of several tasks that ran out of memory halves
-        ``chunk`` for this and every later step, with a warning: the memory of a vmapped pass
-        grows with its tasks. When vmap cannot run the pass, or in ``auto`` mode when a pass of
-        one task ran out of memory, the engine uses ``loop`` for the rest of the run (``loop``
-        holds one task's backward at a time, without vmap). A pass of one task that runs out of
-        memory in ``batched`` mode raises."""
+        None when the pass failed. A pass of several tasks that ran out of memory sets ``chunk`` to
+        half its tasks, for this and every later step, with a warning: the memory of a vmapped pass
+        grows with its tasks. If ``auto`` had already chosen ``batched``, its trial starts again,
+        since ``batched`` now runs otherwise than it was timed. When vmap cannot run the pass, or
+        in ``auto`` mode when a pass of one task ran out of memory, the engine uses ``loop`` for
+        the rest of the run (``loop`` holds one task's backward at a time, without vmap). A pass
+        of one task that runs out of memory in ``batched`` mode raises."""
         try:
             return batched_vector_jacobian_products(outputs, cotangents, shared)
         except torch.OutOfMemoryError as error:
             if len(cotangents) > 1:
                 self.chunk = math.ceil(len(cotangents) / 2)
                 warnings.warn(f"jacobian.mode=batched ran out of memory with {len(cotangents)} tasks in one call ({first_line(error)}); using jacobian.chunk={self.chunk}", RuntimeWarning, stacklevel=2)
+                if self.automatic and self.mode == "batched":
+                    self.mode, self._trial = "auto", ModeTrial()
                 return None
-            if self.mode != "auto":
+            if not self.automatic:
                 raise
             self._fall_back(error)
             return None

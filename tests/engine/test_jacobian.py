@@ -3,6 +3,7 @@
 import collections
 import copy
 import functools
+import itertools
 import logging
 import time
 import warnings
@@ -323,12 +324,14 @@ def test_the_blocks_fall_back_to_loop_without_a_batching_rule():
     assert torch.allclose(method.jacobian, expected, atol=1e-6)
 
 
-def batched_passes_run_out_of_memory(monkeypatch, above=0):
-    """Every vmapped pass of more than ``above`` tasks raises CUDA's out-of-memory error."""
+def batched_passes_run_out_of_memory(monkeypatch, above=0, after=0):
+    """Every vmapped pass of more than ``above`` tasks raises CUDA's out-of-memory error, once
+    ``after`` of them have run."""
     products = jacobian_modes.batched_vector_jacobian_products
+    large_passes = itertools.count()
 
     def limited(outputs, cotangents, inputs):
-        if len(cotangents) > above:
+        if len(cotangents) > above and next(large_passes) >= after:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
         return products(outputs, cotangents, inputs)
 
@@ -349,25 +352,47 @@ def test_a_batched_pass_that_runs_out_of_memory_halves_the_chunk_and_runs_again(
     ]
     assert engine.chunk == 2 and engine._exact_mode == "batched"
     assert torch.allclose(method.jacobian, expected, atol=1e-6)
+    engine._buffers["jacobian"].fill_(float("nan"))  # the next step must fill every row again
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # the later steps run in chunks of 2 at once
         write_gradients(engine, method, model, data)
     assert torch.allclose(method.jacobian, expected, atol=1e-6)
 
 
-def test_auto_times_batched_again_in_the_chunks_it_halved_to(monkeypatch):
-    # the step that ran out of memory is not one of batched's trial steps: they start again after it
-    model, data = make("dropout"), batch("dropout")
-    batched_passes_run_out_of_memory(monkeypatch, above=2)
-    engine, method = JacobianEngine("auto"), Recording(len(TASKS))
+def auto_modes(engine, method, model, data, steps):
+    """The mode of each of ``steps`` steps of ``engine``, its warnings ignored."""
     modes = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        for _ in range(2 * TRIAL_STEPS + 3):
-            modes.append(engine._trial.mode)
+        for _ in range(steps):
+            modes.append(engine._trial.mode if engine.mode == "auto" else engine.mode)
             write_gradients(engine, method, model, data)
-    assert modes == ["batched"] * (TRIAL_STEPS + 2) + ["loop"] * (TRIAL_STEPS + 1)
+    return modes
+
+
+def test_auto_times_batched_again_in_the_chunks_it_halved_to(monkeypatch):
+    # batched's warm-up and first timed step pass; its second timed step runs out of memory with
+    # all 3 tasks: batched's steps are counted from nothing again, in chunks of 2
+    model, data = make("dropout"), batch("dropout")
+    batched_passes_run_out_of_memory(monkeypatch, above=2, after=2)
+    engine, method = JacobianEngine("auto"), Recording(len(TASKS))
+    modes = auto_modes(engine, method, model, data, 2 * TRIAL_STEPS + 5)
+    assert modes == ["batched"] * (3 + 1 + TRIAL_STEPS) + ["loop"] * (1 + TRIAL_STEPS)
     assert engine.mode in ("batched", "loop") and engine.chunk == 2
+
+
+def test_auto_runs_its_trial_again_when_the_batched_it_chose_runs_out_of_memory(monkeypatch):
+    model, data = make("dropout"), batch("dropout")
+    engine, method = JacobianEngine("auto"), Recording(len(TASKS))
+    engine._fill_looped = slowed(engine._fill_looped)  # so that auto chooses batched
+    trial = 2 * (1 + TRIAL_STEPS)
+    assert auto_modes(engine, method, model, data, trial) == ["batched"] * (1 + TRIAL_STEPS) + ["loop"] * (1 + TRIAL_STEPS)
+    assert engine.mode == "batched"
+    batched_passes_run_out_of_memory(monkeypatch, above=2)
+    expected, _ = reference_jacobian(copy.deepcopy(model), data)
+    assert auto_modes(engine, method, model, data, 1 + trial) == ["batched"] * (2 + TRIAL_STEPS) + ["loop"] * (1 + TRIAL_STEPS)
+    assert engine.mode == "batched" and engine.chunk == 2
+    assert torch.allclose(method.jacobian, expected, atol=1e-6)
 
 
 def test_auto_takes_loop_when_a_batched_pass_of_one_task_runs_out_of_memory(monkeypatch):
