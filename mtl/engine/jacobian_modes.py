@@ -37,8 +37,9 @@ alone) and the heads' gradients from one more pass, so its heads are traversed t
   (``ModeTrial``: the first ``1 + TRIAL_STEPS`` calls of ``write_gradients`` run ``batched``, the
   next as many ``loop``; each mode's first call is its warm-up and its best later timing counts);
   decided once and logged at INFO. A step in which ``batched`` ran out of memory and halved its
-  chunk starts ``batched``'s steps again; after a choice of ``batched``, the whole trial. The step is timed, not the Jacobian alone, since a mode's
-  memory traffic also slows what follows it (the method's Gramian, the write into ``.grad``).
+  chunk starts ``batched``'s steps again; after a choice of ``batched``, the whole trial. The
+  step is timed, not the Jacobian alone, since a mode's memory traffic also slows what follows it
+  (the method's Gramian, the write into ``.grad``).
 
 Both exact modes give the reference Jacobian (up to float rounding) on any model, BatchNorm and
 dropout included, since the forward pass is the ordinary one. They assume that ``decode`` uses no
