@@ -7,8 +7,9 @@ Then, round by round, the ``K`` vector-Jacobian products of the shared parameter
 ``loop`` (``K`` ``torch.autograd.grad`` calls), ``prototype`` (``is_grads_batched=True``) and
 ``torch.func`` (``torch.func.vmap``). The cotangents are random, of the representation's shape;
 the time does not depend on their values. Each way's products are checked against ``loop``'s
-once, without TF32; the timed passes run with PyTorch's defaults. Prints the medians and their ratios to ``loop`` as Markdown, and on CUDA the peak memory of
-one pass above the forward graph; writes every timing to ``--out`` as JSON.
+once, without TF32; the timed passes run with PyTorch's defaults. Prints the medians and their
+ratios to ``loop`` as Markdown, and on CUDA the peak memory of one pass above the forward graph;
+writes every timing to ``--out`` as JSON.
 
     python scripts/bench_vmap.py --out outputs/bench_vmap.json
     python scripts/bench_vmap.py --device cuda --batch-size resnet18-k40=8 --out outputs/bench_vmap_gpu.json
