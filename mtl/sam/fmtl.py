@@ -30,23 +30,25 @@ step: one forward and K backward passes for the clean task gradients, then K per
 K backward passes (1 + K forwards, 2K backwards), and two aggregations. Memory: the clean and the
 perturbed task gradients, each held once as the rows of a ``(K, P)`` Jacobian (``as_jacobian``).
 
-The K perturbed passes are independent. With ``batched`` they run as one call per
-``chunk`` tasks (all K when ``chunk`` is None): the perturbed weights of the tasks are stacked and
-the model is evaluated once under ``torch.func.vmap`` with ``torch.func.functional_call``, then one
-backward pass gives each task's gradient at its own weights. Memory grows with the chunk: per task
-of a chunk, about two copies of the shared parameters and of the chunk's heads (the stacked weights
-and their gradients) and one forward pass's activations; the loop (``batched=False``) holds one
-perturbed copy and one pass at a time (the default: faster on CPU in ``scripts/bench_sam.py``),
-and ``chunk`` bounds the batched call's memory. Both give the
-same update up to float rounding. Each perturbed pass draws its own dropout masks, in the loop as
-in the batched call (``randomness="different"``), though not the same numbers. Buffers are passed
-in as copies and dropped after the pass, so BatchNorm statistics move with the clean pass only. A
-model that cannot be vmapped (an op without a batching rule, data-dependent control flow) switches
-F-MTL to the loop for the rest of the run, with one warning naming the reason.
+The K perturbed passes are independent. With ``batched`` they run as one call per ``chunk`` tasks
+(all K when ``chunk`` is None): the perturbed weights of the tasks are stacked and the model is
+evaluated once under ``torch.func.vmap`` with ``torch.func.functional_call``, then one backward
+pass gives each task's gradient at its own weights. Memory grows with the chunk: per task of a
+chunk, about two copies of the shared parameters and of the chunk's heads (the stacked weights and
+their gradients) and one forward pass's activations; the loop (``batched=False``) holds one
+perturbed copy and one pass at a time (the default: faster on CPU in ``scripts/bench_sam.py``), and
+``chunk`` bounds the batched call's memory (a call that runs out of memory halves it, with a
+warning). Both give the same update up to float rounding. Each perturbed pass draws its own dropout
+masks, in the loop as in the batched call (``randomness="different"``), though not the same
+numbers. Buffers are passed in as copies and dropped after the pass, so BatchNorm statistics move
+with the clean pass only. A model that cannot be vmapped (an op without a batching rule,
+data-dependent control flow) switches F-MTL to the loop for the rest of the run, with one warning
+naming the reason.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -116,7 +118,7 @@ class FlatMTL(TaskPerturbation):
         """Every task's gradients at its perturbed weights, batched while the model allows it."""
         if self.batched:
             try:
-                return [gradients for tasks in chunks(models.count, self.chunk) for gradients in models.batched(tasks)]
+                return self._batched_gradients(models)
             except torch.OutOfMemoryError:
                 raise
             except RuntimeError as error:
@@ -124,6 +126,23 @@ class FlatMTL(TaskPerturbation):
                 warnings.warn(f"sam.batched=true is not possible for this model ({reason}); using sam.batched=false", RuntimeWarning, stacklevel=2)
                 self.batched = False
         return [models.looped(task) for task in range(models.count)]
+
+    def _batched_gradients(self, models: PerturbedModels) -> list[TaskGradients]:
+        """The tasks' gradients in vmapped calls of ``chunk`` tasks. A call of several tasks that
+        runs out of memory sets ``chunk`` to half its tasks, for this and every later step, with a
+        warning, and runs again; a call of one task that runs out of memory raises."""
+        gradients: list[TaskGradients] = []
+        while len(gradients) < models.count:
+            tasks = range(len(gradients), min(len(gradients) + (self.chunk or models.count), models.count))
+            try:
+                gradients += models.batched(tasks)
+            except torch.OutOfMemoryError as error:
+                if len(tasks) == 1:
+                    raise
+                self.chunk = math.ceil(len(tasks) / 2)
+                reason = str(error).splitlines()[0]
+                warnings.warn(f"sam.batched=true ran out of memory with {len(tasks)} tasks in one call ({reason}); using sam.chunk={self.chunk}", RuntimeWarning, stacklevel=2)
+        return gradients
 
     def _perturbation(self, shared: Sequence[Tensor], head: Sequence[Tensor], shared_gradients: list[Tensor], head_gradients: list[Tensor]) -> list[Tensor]:
         """``(e, e')`` for the shared parameters then the head, normalized jointly or separately."""
@@ -195,12 +214,6 @@ class PerturbedModels:
 
     def _split(self, tensors: list[Tensor]) -> TaskGradients:
         return tensors[: len(self.shared)], tensors[len(self.shared) :]
-
-
-def chunks(count: int, size: int | None) -> list[range]:
-    """``range(count)`` cut into consecutive pieces of ``size`` (one piece for None)."""
-    size = size or count
-    return [range(start, min(start + size, count)) for start in range(0, count, size)]
 
 
 def gradients(loss: Tensor, inputs: Sequence[Tensor], retain_graph: bool = False) -> list[Tensor]:

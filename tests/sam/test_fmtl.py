@@ -11,7 +11,7 @@ from mtl.methods.linear import LinearScalarization
 from mtl.methods.mgda import MGDA
 from mtl.models import MLP, HardParameterSharing, MLPHead
 from mtl.sam import SAM, FlatMTL, TaskLosses
-from mtl.sam.fmtl import as_jacobian
+from mtl.sam.fmtl import PerturbedModels, as_jacobian
 from mtl.tasks import ClassificationTask, stack_losses
 from mtl.tasks import task_losses as separate_losses  # the tests name a TaskLosses `task_losses`
 from tests.test_module import batch
@@ -172,6 +172,39 @@ def test_batched_and_looped_perturbed_passes_give_the_same_update(norm, adaptive
         for batched_gradient, looped_gradient in zip(batched_head, looped_head, strict=True):
             assert torch.allclose(batched_gradient, looped_gradient, atol=1e-6)
     assert not torch.allclose(batched[0], flat_step(FlatMTL(**{**settings, "rho": 0.0}, batched=False), model_for(THREE_TASKS), THREE_TASKS, aggregate(), data)[0], atol=1e-4)
+
+
+def test_a_batched_call_that_runs_out_of_memory_halves_the_chunk_and_runs_again(monkeypatch):
+    batched = PerturbedModels.batched
+
+    def out_of_memory_above_one_task(models, tasks):
+        if len(tasks) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return batched(models, tasks)
+
+    monkeypatch.setattr(PerturbedModels, "batched", out_of_memory_above_one_task)
+    data, settings = three_task_batch(), {"rho": 0.5, "eta": 0.01}
+    expected = flat_step(FlatMTL(**settings, batched=False), model_for(THREE_TASKS), THREE_TASKS, weighted_losses, data)
+    fmtl = FlatMTL(**settings, batched=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        update = flat_step(fmtl, model_for(THREE_TASKS), THREE_TASKS, weighted_losses, data)
+    # 3 tasks, then 2: each halved, up to one task per call
+    assert [str(warning.message).split(" (")[0] for warning in caught] == [
+        "sam.batched=true ran out of memory with 3 tasks in one call",
+        "sam.batched=true ran out of memory with 2 tasks in one call",
+    ]
+    assert fmtl.chunk == 1 and fmtl.batched
+    assert torch.allclose(update[0], expected[0], atol=1e-6)
+
+
+def test_a_batched_call_of_one_task_that_runs_out_of_memory_raises(monkeypatch):
+    def out_of_memory(models, tasks):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+
+    monkeypatch.setattr(PerturbedModels, "batched", out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError):
+        flat_step(FlatMTL(rho=0.5, batched=True, chunk=1), model_for(THREE_TASKS), THREE_TASKS, weighted_losses, three_task_batch())
 
 
 class ItemEncoder(nn.Module):
