@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from bench_measure import PeakMemory
 from bench_rounds import interleaved_rounds
 from bench_setups import SETUPS
 from bench_step import batch_sizes
@@ -71,15 +72,14 @@ def check_against_loop(ways: dict[str, Pass], setup_name: str) -> None:
 
 
 def peak_bytes(run: Pass, device: torch.device) -> int | None:
-    """CUDA: the peak allocation of one ``run`` above the allocation before it (None on the CPU)."""
+    """CUDA: the peak allocation of one ``run`` above the allocation before it (``PeakMemory``).
+    None on the CPU, whose peak resident size only a fresh process measures soundly."""
     if device.type != "cuda":
         return None
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    start = torch.cuda.memory_allocated(device)
+    memory = PeakMemory(device)
+    memory.mark()
     run()
-    torch.cuda.synchronize(device)
-    return torch.cuda.max_memory_allocated(device) - start
+    return memory.peak_bytes()
 
 
 def table(results: dict[str, dict]) -> str:
