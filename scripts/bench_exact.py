@@ -26,13 +26,13 @@ from pathlib import Path
 import torch
 
 import bench_peers
-from bench_measure import first_line
 from bench_rounds import interleaved_rounds
 from bench_setups import SETUPS
 from bench_steps import Step, mtl_step
 
 from mtl.engine.host_memory import retain_freed_host_memory
 from mtl.methods import METHODS, GradientAggregator
+from mtl.task_chunks import first_line
 
 METHOD_NAMES = ("mgda", "pcgrad", "cagrad", "nash_mtl", "imtl_g", "upgrad")
 EXACT_MODES = ("loop", "batched", "auto")

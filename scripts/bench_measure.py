@@ -42,6 +42,7 @@ from bench_setups import SETUPS
 from bench_steps import FLAT, flat_mtl_step, mtl_step
 from mtl.engine.host_memory import retain_freed_host_memory
 from mtl.methods import method_class
+from mtl.task_chunks import first_line
 
 PRELOAD = ["__main__", "bench_measure", "torchjd.autojac", "torchjd.aggregation", "torchjd.scalarization"]
 """Modules the fork server imports once (a missing peer is skipped by the fork server)."""
@@ -186,11 +187,6 @@ def measure(spec: Spec, fresh_process: bool = True) -> dict:
         record["memory_unavailable"] = memory.unavailable
     record["wall_seconds"] = time.perf_counter() - started
     return record
-
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else repr(error)
 
 
 def _measure_and_send(spec: Spec, connection: Connection) -> None:

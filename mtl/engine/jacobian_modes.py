@@ -79,6 +79,7 @@ from mtl.engine.linear_heads import LinearHeadGradients, LinearHeadOutputs, deco
 from mtl.engine.task_groups import TaskGroups
 from mtl.methods.base import GradientAggregator, GramianWeighting
 from mtl.methods.task_state import TaskStateAggregator
+from mtl.task_chunks import first_line, halved_chunk
 
 RepresentationGradients = Tensor | tuple[Tensor, ...] | LinearHeadGradients
 """Every task's ``dL_k/dz``: stacked ``(K, *z.shape)``, as the ``K`` tensors autograd returned
@@ -439,8 +440,7 @@ class JacobianEngine:
             return batched_vector_jacobian_products(outputs, cotangents, shared)
         except torch.OutOfMemoryError as error:
             if len(cotangents) > 1:
-                self.chunk = math.ceil(len(cotangents) / 2)
-                warnings.warn(f"jacobian.mode=batched ran out of memory with {len(cotangents)} tasks in one call ({first_line(error)}); using jacobian.chunk={self.chunk}", RuntimeWarning, stacklevel=2)
+                self.chunk = halved_chunk(len(cotangents), error, "jacobian.mode=batched", "jacobian.chunk")
                 if self.automatic and self.mode == "batched":
                     self.mode, self._trial = "auto", ModeTrial()
                 return None
@@ -582,11 +582,6 @@ def copy_rows(gradients: Sequence[Tensor | None], rows: Tensor) -> None:
             row.zero_()
         else:
             row.copy_(gradient)
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of ``error``'s message, for a warning."""
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 def synchronize(device_of: Tensor) -> None:

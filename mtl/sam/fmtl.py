@@ -48,7 +48,6 @@ naming the reason.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -57,6 +56,7 @@ from torch import Tensor
 from torch.func import vmap
 
 from mtl.sam.base import Aggregate, Share, TaskLosses, TaskPerturbation, ascent
+from mtl.task_chunks import first_line, halved_chunk
 
 NORMS = ("separate", "joint")
 COMBINES = ("sum", "direct")
@@ -122,8 +122,7 @@ class FlatMTL(TaskPerturbation):
             except torch.OutOfMemoryError:
                 raise
             except RuntimeError as error:
-                reason = str(error).splitlines()[0]
-                warnings.warn(f"sam.batched=true is not possible for this model ({reason}); using sam.batched=false", RuntimeWarning, stacklevel=2)
+                warnings.warn(f"sam.batched=true is not possible for this model ({first_line(error)}); using sam.batched=false", RuntimeWarning, stacklevel=2)
                 self.batched = False
         return [models.looped(task) for task in range(models.count)]
 
@@ -139,9 +138,7 @@ class FlatMTL(TaskPerturbation):
             except torch.OutOfMemoryError as error:
                 if len(tasks) == 1:
                     raise
-                self.chunk = math.ceil(len(tasks) / 2)
-                reason = str(error).splitlines()[0]
-                warnings.warn(f"sam.batched=true ran out of memory with {len(tasks)} tasks in one call ({reason}); using sam.chunk={self.chunk}", RuntimeWarning, stacklevel=2)
+                self.chunk = halved_chunk(len(tasks), error, "sam.batched=true", "sam.chunk")
         return gradients
 
     def _perturbation(self, shared: Sequence[Tensor], head: Sequence[Tensor], shared_gradients: list[Tensor], head_gradients: list[Tensor]) -> list[Tensor]:
