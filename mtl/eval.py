@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mtl.build import build_datamodule_and_module
+from mtl.checkpoints import WEIGHTS_ONLY, UnreadableCheckpoint, read_checkpoint
 from mtl.console import print_results_table
 from mtl.run_files import nest_metrics, write_json
 from mtl.train import CONFIG_DIR
@@ -25,15 +25,8 @@ log = logging.getLogger(__name__)
 
 
 def training_config(ckpt_path: str | Path) -> DictConfig:
-    """The resolved configuration of the run that wrote ``ckpt_path``."""
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={str(path)!r} is not a file")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    config = checkpoint.get("hyper_parameters", {}).get("config")
-    if not config:
-        raise ValueError(f"{path} holds no run configuration; was it written by mtl-train?")
-    return OmegaConf.create(config)
+    """The resolved configuration of the run that wrote ``ckpt_path`` (read as data, see ``mtl.checkpoints``)."""
+    return OmegaConf.create(read_checkpoint(ckpt_path)["hyper_parameters"]["config"])
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -41,7 +34,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     run_cfg.data = OmegaConf.merge(run_cfg.data, cfg.get("data") or {})
     datamodule, module = build_datamodule_and_module(run_cfg)
     trainer = instantiate(cfg.trainer, logger=False)
-    (test_metrics,) = trainer.test(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, verbose=False)
+    (test_metrics,) = trainer.test(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, verbose=False, weights_only=WEIGHTS_ONLY)
     results = {"test": nest_metrics(test_metrics, "test"), "checkpoint": str(cfg.ckpt_path)}
     write_json(Path(cfg.paths.output_dir) / "results.json", results)
     print_results_table(f"test metrics of {cfg.ckpt_path}", results["test"])
@@ -50,7 +43,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
 def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+    try:
+        evaluate(cfg)
+    except UnreadableCheckpoint as error:
+        raise SystemExit(str(error)) from None
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from mtl.build import build_datamodule_and_module, build_trainer
+from mtl.checkpoints import WEIGHTS_ONLY, UnreadableCheckpoint, read_checkpoint
 from mtl.console import print_config_tree, print_results_table
 from mtl.engine.host_memory import retain_freed_host_memory
 from mtl.metrics.delta_m import check_baselines, delta_m
@@ -31,6 +32,8 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one experiment; returns what it writes to ``results.json``."""
     print_config_tree(cfg)
+    if cfg.get("ckpt_path"):
+        read_checkpoint(cfg.ckpt_path)  # refuses a file that is not one of ours before Lightning opens it
     if cfg.get("retain_freed_host_memory", True):
         retain_freed_host_memory()
     pl.seed_everything(cfg.seed, workers=True)
@@ -45,14 +48,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         write_run_files(output_dir, cfg)
 
     started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=WEIGHTS_ONLY)
     fit_seconds = time.perf_counter() - started
     last_validation = nest_metrics({key: float(value) for key, value in trainer.callback_metrics.items()}, "val")
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
     if best is None:
         log.warning("No checkpoint was saved; testing the weights at the end of training")
-    (test_metrics,) = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+    (test_metrics,) = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=WEIGHTS_ONLY)
 
     results = {
         "test": nest_metrics(test_metrics, "test"),
@@ -96,6 +99,9 @@ def metric_value(results: dict[str, Any], name: str | None) -> float | None:
 def main(cfg: DictConfig) -> float | None:
     try:
         results = train(cfg)
+    except UnreadableCheckpoint as error:
+        log.error("The run failed: %s", error)
+        raise SystemExit(str(error)) from None
     except Exception as error:
         # one line into the run's own log, where mtl-report finds why a run of a sweep failed; Hydra
         # prints the traceback

@@ -59,7 +59,7 @@ def test_a_failed_run_names_its_error_in_its_log_and_prints_one_traceback(tmp_pa
     assert failed.stderr.count("Traceback") == 1, failed.stderr[-3000:]
 
 def final_state(run_dir: Path) -> dict:
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
 
 
 def test_resume_continues_exactly_like_an_uninterrupted_run(tiny_config):
