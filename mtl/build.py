@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import Logger, WandbLogger
 
 from mtl.data.base import MultiTaskDataModule
 from mtl.engine.module import MultiTaskModule
@@ -24,7 +26,14 @@ def sweep_name() -> str | None:
     return Path(hydra.sweep.dir).name if hydra.mode == RunMode.MULTIRUN else None
 
 
+def job_name() -> str | None:
+    """The overrides that set this job apart (``method=mgda,seed=1``), None without any:
+    ``${mtl.job_name:}`` in configs, e.g. W&B's run ``name``."""
+    return HydraConfig.get().job.override_dirname or None
+
+
 OmegaConf.register_new_resolver("mtl.sweep_name", sweep_name, replace=True)
+OmegaConf.register_new_resolver("mtl.job_name", job_name, replace=True)
 
 
 def build_datamodule_and_module(cfg: DictConfig) -> tuple[MultiTaskDataModule, MultiTaskModule]:
@@ -78,6 +87,24 @@ def task_index_of(method: DictConfig, tasks: Sequence[Task]) -> dict[str, int]:
     if method.task not in names:
         raise ValueError(f"method.task={method.task!r} is not a task of this data; its tasks are {names}")
     return {"task": names.index(method.task)}
+
+
+@contextmanager
+def logger_runs(loggers: Sequence[Logger]) -> Iterator[None]:
+    """End this job's W&B run when the block ends, failed (exit code 1) or not. wandb keeps one run
+    per process, and the basic and joblib launchers run the jobs of a sweep in the same processes:
+    a run left open would take in the next job's metrics and config (Lightning's WandbLogger reuses
+    a run in progress)."""
+    succeeded = False
+    try:
+        yield
+        succeeded = True
+    finally:
+        if any(isinstance(logger, WandbLogger) for logger in loggers):
+            import wandb
+
+            if wandb.run is not None:
+                wandb.finish(exit_code=0 if succeeded else 1)
 
 
 def build_trainer(cfg: DictConfig) -> pl.Trainer:

@@ -17,7 +17,7 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from mtl.build import build_datamodule_and_module, build_trainer
+from mtl.build import build_datamodule_and_module, build_trainer, logger_runs
 from mtl.checkpoints import WEIGHTS_ONLY, UnreadableCheckpoint, read_checkpoint
 from mtl.console import print_config_tree, print_results_table
 from mtl.engine.host_memory import retain_freed_host_memory
@@ -46,7 +46,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer = build_trainer(cfg)
     if trainer.is_global_zero:
         write_run_files(output_dir, cfg)
+    with logger_runs(trainer.loggers):
+        results = fit_and_test(cfg, trainer, datamodule, module)
+    results["higher_is_better"] = higher_is_better
+    if baselines is not None:
+        results["delta_m"] = {stage: delta_m(results[stage], baselines, higher_is_better) for stage in ("validation", "test")}
+    if trainer.is_global_zero:
+        write_json(output_dir / "results.json", results)
+        print_results_table("test metrics", results["test"])
+        log.info("Results written to %s", output_dir / "results.json")
+    return results
 
+
+def fit_and_test(cfg: DictConfig, trainer: pl.Trainer, datamodule: pl.LightningDataModule, module: pl.LightningModule) -> dict[str, Any]:
+    """Fit (or resume), then test the best checkpoint; what ``results.json`` says of the run."""
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=WEIGHTS_ONLY)
     fit_seconds = time.perf_counter() - started
@@ -56,28 +69,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if best is None:
         log.warning("No checkpoint was saved; testing the weights at the end of training")
     (test_metrics,) = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=WEIGHTS_ONLY)
-
-    results = {
+    return {
         "test": nest_metrics(test_metrics, "test"),
         "validation": last_validation,
         "checkpoint": best,
         "epochs": trainer.current_epoch,
         "fit_seconds": fit_seconds,
         "global_step": trainer.global_step,
-        "higher_is_better": higher_is_better,
         "seed": cfg.seed,
         "method": cfg.method.get("_target_"),
         # the task a single-task run (method=stl) trained: mtl-report's measured Δm% baseline
         "single_task": cfg.method.get("task"),
         "git": git_state(),
     }
-    if baselines is not None:
-        results["delta_m"] = {stage: delta_m(results[stage], baselines, higher_is_better) for stage in ("validation", "test")}
-    if trainer.is_global_zero:
-        write_json(output_dir / "results.json", results)
-        print_results_table("test metrics", results["test"])
-        log.info("Results written to %s", output_dir / "results.json")
-    return results
 
 
 def metric_value(results: dict[str, Any], name: str | None) -> float | None:

@@ -70,3 +70,25 @@ def test_the_runs_of_a_multirun_share_a_wandb_group_named_after_the_sweep(tmp_pa
     cfg.hydra.mode = RunMode.MULTIRUN
     HydraConfig.instance().set_config(cfg)
     assert cfg.logger.wandb.group == "methods_study"
+
+
+@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]], ids=["basic", "joblib"])
+def test_each_job_of_a_multirun_logs_its_own_wandb_run(tmp_path, launcher):
+    sweep = tmp_path / "sweep"
+    limits = ["+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1"]
+    args = ["-m", *launcher, "method=ew,mgda", "logger=wandb", *TINY, *limits, f"hydra.sweep.dir={sweep}"]
+    finished = run_cli("mtl.train", args, tmp_path)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "wandb run already in progress" not in finished.stdout + finished.stderr
+    targets = {"ew": b"mtl.methods.linear.LinearScalarization", "mgda": b"mtl.methods.mgda.MGDA"}
+    ids = set()
+    for job, method in enumerate(targets):
+        (run,) = (sweep / str(job) / "wandb").glob("offline-run-*")
+        ids.add(run.name.rsplit("-", 1)[1])
+        # an offline run's records (config, name) are protobuf messages in run-<id>.wandb; their strings are plain bytes
+        (records,) = run.glob("run-*.wandb")
+        logged = records.read_bytes()
+        assert targets[method] in logged and all(target not in logged for other, target in targets.items() if other != method)
+        assert f"method={method},".encode() in logged  # the run's name: the job's overrides
+        assert "HandleAbandonedError" not in (run / "logs" / "debug.log").read_text()
+    assert len(ids) == 2
