@@ -29,7 +29,7 @@ from mtl.engine.jacobian import set_gradient, task_jacobian
 from mtl.engine.jacobian_modes import JacobianEngine
 from mtl.engine.module import split_batch, trained
 from mtl.methods import GradientAggregator, LossWeighting, Method
-from mtl.sam.base import TaskLosses
+from mtl.sam.base import RandomState, TaskLosses
 from mtl.sam.fmtl import FlatMTL
 from mtl.tasks import INPUT_KEY, Task, stack_losses, task_losses
 
@@ -143,10 +143,11 @@ def flat_mtl_step(model: nn.Module, tasks: list[Task], variant: str, batch: Mapp
     sharpness = FlatMTL(batched=variant == "batched")
     shared = trained(model.shared_parameters())
     heads = [trained(model.task_parameters(task.name)) for task in tasks]
-    at_other_weights = TaskLosses(model, batch[INPUT_KEY], lambda predictions: task_losses(tasks, predictions, batch))
 
     def gradients() -> None:
+        randomness = RandomState.capture(batch[INPUT_KEY].device)
         losses = task_losses(tasks, model(batch[INPUT_KEY]), batch)
+        at_other_weights = TaskLosses(model, batch[INPUT_KEY], lambda predictions: task_losses(tasks, predictions, batch), randomness)
         direction, head_gradients = sharpness.step(losses, at_other_weights, shared, heads, lambda jacobian, _: jacobian.mean(dim=0))
         set_gradient(shared, direction)
         for head, gradients in zip(heads, head_gradients):

@@ -48,7 +48,7 @@ from mtl.engine.distributed import GradientSync
 from mtl.engine.jacobian import set_gradient, task_jacobian
 from mtl.engine.jacobian_modes import JacobianEngine
 from mtl.methods.base import GradientAggregator, LossWeighting, Method
-from mtl.sam.base import Aggregate, Sharpness, TaskLosses, TaskPerturbation, WeightPerturbation
+from mtl.sam.base import Aggregate, RandomState, Sharpness, TaskLosses, TaskPerturbation, WeightPerturbation
 from mtl.tasks import INPUT_KEY, Task, stack_losses, task_losses
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -228,6 +228,7 @@ class MultiTaskModule(pl.LightningModule):
         With several processes, ``exact`` sync averages the clean and the perturbed task gradients
         over the processes (so every perturbation is the single-process one); ``local`` averages
         the final gradients."""
+        randomness = RandomState.capture(model_input(batch).device)  # the perturbed passes replay the clean pass's draws
         predictions = self.model(model_input(batch))
         separate = task_losses(self.tasks, predictions, batch)
         losses = torch.stack(separate)
@@ -243,7 +244,7 @@ class MultiTaskModule(pl.LightningModule):
         def share(gradients: Sequence[Tensor]) -> list[Tensor]:
             return self.sync.average(gradients, size) if self.sync.exact else list(gradients)
 
-        losses_at = TaskLosses(self.model, model_input(batch), lambda outputs: task_losses(self.tasks, outputs, batch))
+        losses_at = TaskLosses(self.model, model_input(batch), lambda outputs: task_losses(self.tasks, outputs, batch), randomness)
         direction, head_gradients = self.sam.step(global_separate, losses_at, shared, heads, aggregate, share)
         set_gradient(shared, direction)
         for weight, head, gradients in zip(head_weights, heads, head_gradients):

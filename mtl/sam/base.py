@@ -11,12 +11,18 @@
 
 Both are pure: parameters, tensors, closures and the model in, no Lightning, no Hydra. What a
 closure does (forward, backward, logging, keeping BatchNorm statistics) is the caller's business.
+
+Both compare gradients of one loss at two points, so every pass of a step draws the same random
+numbers (``RandomState``): the perturbed passes replay the clean pass's dropout masks. With fresh
+masks the difference of the gradients would be mostly mask noise (at ``rho = 0`` F-MTL's flat
+gradient would not vanish).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -40,22 +46,52 @@ VANISHING = 1e-12
 
 
 @dataclass(frozen=True)
+class RandomState:
+    """The state of the generators a forward pass on ``device`` draws from (dropout masks and the
+    like): the CPU generator's and, on an accelerator, that device's."""
+
+    device: torch.device
+    cpu: Tensor
+    accelerator: Tensor | None
+
+    @classmethod
+    def capture(cls, device: torch.device) -> RandomState:
+        """The generators' state now, before the pass whose draws are to be replayed."""
+        accelerator = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+        return cls(device, torch.get_rng_state(), accelerator)
+
+    @contextmanager
+    def replayed(self) -> Iterator[None]:
+        """Inside the block the generators draw from this state; after it they are where they were,
+        so a replayed pass neither repeats nor shifts the draws of the rest of the run."""
+        with torch.random.fork_rng(devices=[self.device] if self.accelerator is not None else [], device_type=self.device.type):
+            torch.set_rng_state(self.cpu)
+            if self.accelerator is not None:
+                torch.cuda.set_rng_state(self.accelerator, self.device)
+            yield
+
+
+@dataclass(frozen=True)
 class TaskLosses:
     """The task losses of one batch as a function of the weights: ``score(model(inputs))``.
 
     ``score`` maps the model's predictions to each task's loss, ``K`` separate scalars (a gradient
     of one then runs the backward pass of its own head alone), and has no side effects (no logging).
+    ``randomness`` is the state captured before the clean pass of the step: every evaluation draws
+    the clean pass's dropout masks, so the losses are a function of the weights alone.
     """
 
     model: nn.Module
     inputs: Tensor
     score: Callable[[Any], Sequence[Tensor]]
+    randomness: RandomState
 
     def at(self, tensors: Mapping[str, Tensor]) -> Sequence[Tensor]:
         """The losses with the model's parameters and buffers named in ``tensors`` replaced by them
         (``torch.func.functional_call``): the model's own tensors of those names are neither read
         nor written (in-place buffer updates land in ``tensors``)."""
-        return self.score(functional_call(self.model, dict(tensors), (self.inputs,)))
+        with self.randomness.replayed():
+            return self.score(functional_call(self.model, dict(tensors), (self.inputs,)))
 
 
 class WeightPerturbation(ABC):
@@ -70,8 +106,9 @@ class WeightPerturbation(ABC):
     @abstractmethod
     def step(self, clean: Closure, perturbed: Closure, parameters: Sequence[Tensor], learning_rate: float) -> Tensor:
         """Call ``clean()`` at ``w``, perturb ``parameters``, clear their ``.grad``, call
-        ``perturbed()`` at ``w + e``, restore ``w``; leave the final gradient in ``.grad`` and
-        return the losses of ``clean()``. ``learning_rate`` is the optimizer's current one."""
+        ``perturbed()`` at ``w + e`` with the random draws of ``clean()`` replayed, restore ``w``;
+        leave the final gradient in ``.grad`` and return the losses of ``clean()``.
+        ``learning_rate`` is the optimizer's current one."""
 
 
 class TaskPerturbation(ABC):

@@ -20,9 +20,11 @@ is the paper's ablation that aggregates the perturbed gradients alone:
 
 Perturbation: ``e = rho T² g / |T g|`` with ``T = 1``, or with ``adaptive`` ``T = |w| + eta`` on
 every tensor (the paper's code scales every tensor by ``|w|``, ``eta = 0``). ``norm="separate"``
-normalizes the shared part and the head part each to radius ``rho``, as the released scripts
-(NYUv2, Cityscapes, CelebA) do; ``norm="joint"`` normalizes them together, one ball of radius
-``rho`` over ``(θ, φ_k)``.
+normalizes the shared part and the head part each to radius ``rho``, as the released NYUv2,
+Cityscapes and CelebA scripts do (and Algorithm 1, which perturbs ``θ`` and ``φ_k`` each in its
+own ball); ``norm="joint"`` normalizes them together, one ball of radius ``rho`` over
+``(θ, φ_k)``, as the released MultiMNIST ``train.py`` does. The experiment configs choose the
+norm of the script they follow (``fmtl_norm``).
 
 Defaults, from the paper's code: ``rho = 2.0`` and ``adaptive = True`` (MultiMNIST, NYUv2 and
 CelebA scripts; the Cityscapes launch script runs ``rho = 0``, ``adaptive = False``). Cost per
@@ -38,9 +40,10 @@ chunk, about two copies of the shared parameters and of the chunk's heads (the s
 their gradients) and one forward pass's activations; the loop (``batched=False``) holds one
 perturbed copy and one pass at a time (the default: faster on CPU in ``scripts/bench_sam.py``), and
 ``chunk`` bounds the batched call's memory (a call that runs out of memory halves it, with a
-warning). Both give the same update up to float rounding. Each perturbed pass draws its own dropout
-masks, in the loop as in the batched call (``randomness="different"``), though not the same
-numbers. Buffers are passed in as copies and dropped after the pass, so BatchNorm statistics move
+warning). Both give the same update up to float rounding. Every perturbed pass replays the clean
+pass's random draws (``TaskLosses.randomness``; ``randomness="same"`` in the batched call), so the
+K perturbed models see the clean pass's dropout masks and ``h_k`` is a difference of gradients of
+one loss: at ``rho = 0`` it is exactly zero. Buffers are passed in as copies and dropped after the pass, so BatchNorm statistics move
 with the clean pass only. A model that cannot be vmapped (an op without a batching rule,
 data-dependent control flow) switches F-MTL to the loop for the rest of the run, with one warning
 naming the reason.
@@ -192,7 +195,8 @@ class PerturbedModels:
         stacked weights, so the gradient of their sum holds each model's gradient in its row."""
         stacked = self._stacked(tasks)
         buffers = {name: buffer.expand(len(tasks), *buffer.shape).clone() for name, buffer in self.task_losses.model.named_buffers()}
-        losses = vmap(lambda weights, copies: torch.stack(list(self.task_losses.at({**weights, **copies}))), randomness="different")(stacked, buffers)
+        # randomness="same": every model draws the one set of masks that task_losses replays
+        losses = vmap(lambda weights, copies: torch.stack(list(self.task_losses.at({**weights, **copies}))), randomness="same")(stacked, buffers)
         own = losses[torch.arange(len(tasks), device=losses.device), torch.tensor(list(tasks), device=losses.device)]
         rows = dict(zip(stacked, gradients(own.sum(), list(stacked.values()))))
         return [self._split([rows[name][row] for name in (*self.shared_names, *self.head_names[task])]) for row, task in enumerate(tasks)]

@@ -23,6 +23,9 @@ the step writes into ``.grad`` (a loss weighting's weighted-loss gradient; a gra
 aggregator's direction on the shared parameters and each head's own task gradient), and the
 final gradient is that same update recomputed at ``w + e``.
 
+The pass at ``w + e`` replays the random draws of the pass at ``w`` (the same dropout masks), so
+the two gradients are of the same loss.
+
 Defaults: SAM ``rho = 0.05`` (the paper's CIFAR value); ASAM ``rho = 0.5``, ``eta = 0.01`` (the
 paper's CIFAR values with SGD). Cost: two forward and two backward passes per step, and one copy
 of the weights.
@@ -34,7 +37,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from mtl.sam.base import Closure, WeightPerturbation, ascent, copy_into, gradients_of
+from mtl.sam.base import Closure, RandomState, WeightPerturbation, ascent, copy_into, gradients_of
 
 
 class SAM(WeightPerturbation):
@@ -50,6 +53,7 @@ class SAM(WeightPerturbation):
         self.eta = eta
 
     def step(self, clean: Closure, perturbed: Closure, parameters: Sequence[Tensor], learning_rate: float) -> Tensor:
+        randomness = RandomState.capture(parameters[0].device)
         losses = clean()
         weights = [parameter.detach().clone() for parameter in parameters]
         clean_gradients = gradients_of(parameters)
@@ -57,7 +61,8 @@ class SAM(WeightPerturbation):
         copy_into(parameters, [weight + shift for weight, shift in zip(weights, perturbation)])
         for parameter in parameters:
             parameter.grad = None
-        perturbed()
+        with randomness.replayed():  # the clean pass's dropout masks
+            perturbed()
         copy_into(parameters, weights)
         self.finish(parameters, clean_gradients)
         return losses

@@ -11,6 +11,7 @@ from mtl.methods.linear import LinearScalarization
 from mtl.methods.mgda import MGDA
 from mtl.models import MLP, HardParameterSharing, MLPHead
 from mtl.sam import SAM, FlatMTL, TaskLosses
+from mtl.sam.base import RandomState
 from mtl.sam.fmtl import PerturbedModels, as_jacobian
 from mtl.tasks import ClassificationTask, stack_losses
 from mtl.tasks import task_losses as separate_losses  # the tests name a TaskLosses `task_losses`
@@ -29,11 +30,14 @@ def losses_of(model, tasks, data):
 
 
 def flat_step(fmtl, model, tasks, aggregate, data=None):
+    """One F-MTL step as the training module runs it: the random state captured, then the clean pass."""
     data = batch() if data is None else data
     shared = list(model.shared_parameters())
     heads = [list(model.task_parameters(task.name)) for task in tasks]
-    task_losses = TaskLosses(model, data["input"], lambda predictions: separate_losses(tasks, predictions, data))
-    return fmtl.step(losses_of(model, tasks, data), task_losses, shared, heads, aggregate)
+    randomness = RandomState.capture(data["input"].device)
+    losses = separate_losses(tasks, model(data["input"]), data)
+    task_losses = TaskLosses(model, data["input"], lambda predictions: separate_losses(tasks, predictions, data), randomness)
+    return fmtl.step(losses, task_losses, shared, heads, aggregate)
 
 
 def equal_weighting(jacobian, losses):
@@ -236,32 +240,182 @@ def test_a_model_that_cannot_be_vmapped_falls_back_to_the_loop_with_one_warning(
 
 
 class DropoutEncoder(nn.Module):
+    """Flatten → Linear → Dropout → ReLU: the dropout's input is almost surely non-zero, so its mask
+    is where its output is non-zero."""
+
     out_features = 5
 
     def __init__(self, input_shape):
         super().__init__()
-        self.layers = nn.Sequential(nn.Flatten(), nn.Linear(4, 5), nn.ReLU(), nn.Dropout(0.5))
+        self.layers = nn.Sequential(nn.Flatten(), nn.Linear(4, 5), nn.Dropout(0.5), nn.ReLU())
 
     def forward(self, x):
         return self.layers(x)
 
 
-@pytest.mark.parametrize("batched", [False, True], ids=["loop", "batched"])
-def test_each_perturbed_pass_draws_its_own_dropout_masks(batched):
-    """Two identical tasks at rho = 0: their perturbed gradients differ only through the dropout masks."""
+def dropout_model():
     torch.manual_seed(0)
-    model = HardParameterSharing(DropoutEncoder, MLPHead, TASKS, (1, 2, 2))
-    model.heads["right"].load_state_dict(model.heads["left"].state_dict())
-    data = {**batch(), "right": batch()["left"]}
-    calls = []
+    return HardParameterSharing(DropoutEncoder, MLPHead, TASKS, (1, 2, 2))
 
-    def recording(jacobian, losses):
+
+def recording(calls):
+    """An aggregator that keeps every Jacobian it is given and returns the sum of its rows."""
+
+    def aggregate(jacobian, losses):
         calls.append(jacobian.clone())
         return jacobian.sum(dim=0)
 
-    flat_step(FlatMTL(rho=0.0, combine="direct", batched=batched), model, TASKS, recording, data)
+    return aggregate
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["loop", "batched"])
+def test_at_rho_zero_the_flat_gradient_is_exactly_zero_on_a_model_with_dropout(batched):
+    calls = []
+    direction, _ = flat_step(FlatMTL(rho=0.0, batched=batched), dropout_model(), TASKS, recording(calls))
+    clean, flat = calls
+    assert clean.abs().sum() > 0
+    if batched:  # the vmapped backward sums in another order
+        assert flat.abs().max() < 1e-6
+    else:
+        assert torch.equal(flat, torch.zeros_like(flat))
+        assert torch.equal(direction, clean.sum(dim=0))
+
+
+class FixedMask(nn.Module):
+    """Dropout with a given mask: ``x * mask / (1 - p)``."""
+
+    def __init__(self, mask, p):
+        super().__init__()
+        self.mask, self.p = mask, p
+
+    def forward(self, x):
+        return x * self.mask / (1 - self.p)
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["loop", "batched"])
+def test_the_perturbed_passes_see_the_clean_pass_dropout_masks(batched):
+    """Every pass draws the clean pass's mask, and each perturbed gradient equals the one computed
+    by hand at the perturbed weights with that mask applied by hand."""
+    rho, model, masks = 0.3, dropout_model(), []
+    # a hook inside vmap sees batched tensors, which cannot leave it: the masks of the loop's passes
+    hook = model.encoder.layers[2].register_forward_hook(lambda module, inputs, output: masks.append(output.detach() != 0) if not batched or not masks else None)
+    calls = []
+    flat_step(FlatMTL(rho=rho, adaptive=False, norm="joint", combine="direct", batched=batched), model, TASKS, recording(calls))
+    hook.remove()
     (perturbed,) = calls
-    assert perturbed[0].abs().sum() > 0 and not torch.allclose(perturbed[0], perturbed[1])
+    clean_mask = masks[0]
+    assert 0 < clean_mask.float().mean() < 1
+    assert len(masks) == (1 if batched else 1 + len(TASKS)) and all(torch.equal(mask, clean_mask) for mask in masks)
+
+    by_hand = dropout_model()
+    by_hand.encoder.layers[2] = FixedMask(clean_mask, 0.5)
+    data = batch()
+    shared = list(by_hand.shared_parameters())
+    for task_index, task in enumerate(TASKS):
+        own = shared + list(by_hand.task_parameters(task.name))
+        loss = losses_of(by_hand, TASKS, data)[task_index]
+        gradient = torch.autograd.grad(loss, own)
+        norm = torch.sqrt(sum((part**2).sum() for part in gradient))
+        originals = [parameter.detach().clone() for parameter in own]
+        with torch.no_grad():
+            for parameter, part in zip(own, gradient):
+                parameter.add_(rho * part / norm)
+        at_perturbed = torch.autograd.grad(losses_of(by_hand, TASKS, data)[task_index], shared)
+        with torch.no_grad():
+            for parameter, original in zip(own, originals):
+                parameter.copy_(original)
+        assert torch.allclose(perturbed[task_index], torch.cat([part.reshape(-1) for part in at_perturbed]), atol=1e-6)
+
+
+def test_a_step_leaves_the_generators_where_the_clean_pass_left_them():
+    model = dropout_model()
+    data = batch()
+    torch.manual_seed(5)
+    losses_of(model, TASKS, data)
+    after_clean_pass = torch.get_rng_state()
+    torch.manual_seed(5)
+    flat_step(FlatMTL(rho=0.5), model, TASKS, equal_weighting, data)
+    assert torch.equal(torch.get_rng_state(), after_clean_pass)
+
+
+class NormalizedEncoder(nn.Module):
+    """Flatten → Linear → BatchNorm → ReLU: batch statistics in every pass, running statistics kept."""
+
+    out_features = 5
+
+    def __init__(self, input_shape):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Flatten(), nn.Linear(4, 5), nn.BatchNorm1d(5), nn.ReLU())
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+def official_step(model, data, rho, norm):
+    """The F-MTL step of the official code (VietHoang1512/FS-MTL) for two tasks, written out as it
+    is there: ``.backward()`` into ``.grad``, the weights moved in place, BatchNorm's running
+    statistics frozen in the perturbed passes (momentum 0), adaptive perturbations
+    ``e = rho |w|² g / ‖|w| g‖``, over (trunk + head) together (MultiMNIST ``train.py``,
+    ``norm="joint"``) or the trunk and the head each (NYUv2/CelebA ``train.py``, ``norm="separate"``).
+    Returns the clean trunk gradients ``g_k``, the flat ones ``h_k`` and each head's perturbed gradient."""
+    trunk = list(model.shared_parameters())
+    heads = [list(model.task_parameters(task.name)) for task in TASKS]
+    clean_losses = losses_of(model, TASKS, data)
+    clean, perturbations = [], []
+    for index, head in enumerate(heads):
+        model.zero_grad()
+        clean_losses[index].backward(retain_graph=True)
+        clean.append([parameter.grad.clone() for parameter in trunk])
+        parts = [trunk + head] if norm == "joint" else [trunk, head]
+        perturbation = {}
+        for part in parts:
+            scale = rho / (torch.norm(torch.stack([(parameter.abs() * parameter.grad).norm() for parameter in part])) + 1e-12)
+            perturbation.update({id(parameter): (parameter**2 * parameter.grad * scale).detach() for parameter in part})
+        perturbations.append(perturbation)
+    momenta = [module.momentum for module in model.modules() if isinstance(module, nn.BatchNorm1d)]
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm1d):
+            module.momentum = 0.0
+    flat, head_gradients = [], []
+    for index, head in enumerate(heads):
+        originals = [parameter.detach().clone() for parameter in trunk + head]
+        with torch.no_grad():
+            for parameter in trunk + head:
+                parameter.add_(perturbations[index][id(parameter)])
+        model.zero_grad()
+        losses_of(model, TASKS, data)[index].backward()
+        flat.append([parameter.grad - gradient for parameter, gradient in zip(trunk, clean[index])])
+        head_gradients.append([parameter.grad.clone() for parameter in head])
+        with torch.no_grad():
+            for parameter, original in zip(trunk + head, originals):
+                parameter.copy_(original)
+    for module, momentum in zip((module for module in model.modules() if isinstance(module, nn.BatchNorm1d)), momenta):
+        module.momentum = momentum
+    rows = lambda gradients: torch.stack([torch.cat([part.reshape(-1) for part in task]) for task in gradients])  # noqa: E731
+    return rows(clean), rows(flat), head_gradients
+
+
+@pytest.mark.parametrize("norm", ["joint", "separate"])
+def test_the_step_is_the_official_two_pass_formula_on_a_model_with_batchnorm(norm):
+    rho, data = 2.0, batch()
+    torch.manual_seed(0)
+    official = HardParameterSharing(NormalizedEncoder, MLPHead, TASKS, (1, 2, 2))
+    ours = HardParameterSharing(NormalizedEncoder, MLPHead, TASKS, (1, 2, 2))
+    ours.load_state_dict(official.state_dict())
+    expected_clean, expected_flat, expected_heads = official_step(official, data, rho, norm)
+    calls = []
+    _, head_gradients = flat_step(FlatMTL(rho=rho, adaptive=True, norm=norm), ours, TASKS, recording(calls), data)
+    clean, flat = calls
+    assert torch.allclose(clean, expected_clean, atol=1e-6)
+    assert torch.allclose(flat, expected_flat, atol=1e-5) and flat.abs().max() > 1e-3
+    for ours_head, official_head in zip(head_gradients, expected_heads, strict=True):
+        for gradient, expected in zip(ours_head, official_head, strict=True):
+            assert torch.allclose(gradient, expected, atol=1e-5)
+    # the running statistics moved with the clean pass alone, in both (the official passes still
+    # count num_batches_tracked, which a BatchNorm with a momentum never reads)
+    for name, buffer in official.named_buffers():
+        if not name.endswith("num_batches_tracked"):
+            assert torch.allclose(dict(ours.named_buffers())[name], buffer, atol=1e-7), name
 
 
 def test_task_gradients_become_rows_of_one_jacobian_and_views_of_it():

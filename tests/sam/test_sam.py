@@ -72,6 +72,21 @@ def test_a_sam_step_is_the_gradient_at_the_normalized_ascent_point_and_restores_
         assert torch.allclose(parameter.grad, gradient, atol=1e-6)
 
 
+@pytest.mark.parametrize("sharpness", [SAM(rho=0.0), SAM(rho=0.0, adaptive=True), GSAM(max_learning_rate=0.1, rho_max=0.0, alpha=0.3)], ids=["sam", "asam", "gsam"])
+def test_at_rho_zero_on_a_network_with_dropout_the_step_is_the_plain_gradient(sharpness):
+    """The pass at ``w + e`` replays the clean pass's dropout masks: at ``e = 0`` it is the clean pass."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 16), nn.Dropout(0.5), nn.ReLU(), nn.Linear(16, 2))
+    inputs, targets = data()
+    torch.manual_seed(7)
+    expected = torch.autograd.grad(loss_of(model, inputs, targets), list(model.parameters()))
+    torch.manual_seed(7)
+    closure = closure_for(model, inputs, targets)
+    sharpness.step(closure, closure, list(model.parameters()), 0.1)
+    for parameter, gradient in zip(model.parameters(), expected):
+        assert torch.allclose(parameter.grad, gradient, rtol=0, atol=1e-7)  # GSAM's projection rounds
+
+
 def test_an_asam_step_scales_weight_tensors_by_their_magnitude_plus_eta_and_leaves_biases_alone():
     model = network()
     eta = 0.05

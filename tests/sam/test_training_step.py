@@ -17,7 +17,7 @@ from mtl.methods.linear import LinearScalarization
 from mtl.methods.mgda import MGDA
 from mtl.methods.pcgrad import PCGrad
 from mtl.methods.uncertainty import UncertaintyWeighting
-from mtl.models import HardParameterSharing, MLPHead
+from mtl.models import MLP, HardParameterSharing, MLPHead
 from mtl.models.encoders import Encoder
 from mtl.sam import GSAM, SAM, FlatMTL
 from mtl.tasks import ClassificationTask
@@ -78,6 +78,26 @@ def test_fmtl_moves_the_weights_when_rho_is_positive():
     one_training_step(plain, data)
     one_training_step(flat, data)
     assert not torch.allclose(plain.model.encoder.layers[1].weight, flat.model.encoder.layers[1].weight, atol=1e-4)
+
+
+def make_dropout_module(method, sam=None):
+    torch.manual_seed(0)
+    model = HardParameterSharing(functools.partial(MLP, hidden=(16,), dropout=0.5), MLPHead, TASKS, (1, 2, 2))
+    return MultiTaskModule(model, TASKS, method, optimizer=functools.partial(torch.optim.SGD, lr=LR), sam=sam)
+
+
+@pytest.mark.parametrize("sam", [SAM(rho=0.0), FlatMTL(rho=0.0), FlatMTL(rho=0.0, batched=True)], ids=["sam", "fmtl-loop", "fmtl-batched"])
+@pytest.mark.parametrize("name", ["fixed weights", "mgda"])
+def test_at_rho_zero_on_a_model_with_dropout_a_sharpness_aware_step_is_the_plain_step(name, sam):
+    """The perturbed passes replay the clean pass's dropout masks, which are the plain step's."""
+    data = batch()
+    plain, sharp = make_dropout_module(METHODS[name]()), make_dropout_module(METHODS[name](), sam)
+    one_training_step(plain, data)
+    one_training_step(sharp, data)
+    moved = [not torch.equal(parameter, start) for parameter, start in zip(plain.parameters(), make_dropout_module(METHODS[name]()).parameters())]
+    assert any(moved)
+    for (key, expected), parameter in zip(plain.named_parameters(), sharp.parameters()):
+        assert torch.allclose(parameter, expected, rtol=0, atol=1e-7), key
 
 
 def clean_pass_statistics(data):
