@@ -3,6 +3,9 @@
 # make reproduce-multimnist — every method × 3 seeds × sharpness none/fmtl on MultiMNIST built from
 #   ../shared/data/mnist, then the mtl-report table and Pareto plot (METHODS=..., SAMS=none,sam,fmtl,
 #   JOBS=2 for two runs at a time)
+# make reproduce-fmtl — F-MTL's MultiMNIST protocol sized for the CPU (experiment=multimnist_fmtl_cpu):
+#   EW, MGDA, PCGrad, CAGrad, IMTL-G, Nash-MTL × sam none/fmtl × 5 seeds from ../shared/data/mnist,
+#   then the report with each method's paired fmtl − none differences (about 2 h with JOBS=2)
 # Both create .venv and install mtl into it when missing. On a machine without CUDA the CPU build
 # of torch is installed first; choose another build with TORCH=..., e.g. TORCH="torch==2.5.1".
 
@@ -17,8 +20,11 @@ SAMS ?= none,fmtl
 SEEDS ?= 0,1,2
 JOBS ?= 1
 SWEEP ?= outputs/reproduce/multimnist
+FMTL_METHODS ?= ew,mgda,pcgrad,cagrad,imtl_g,nash_mtl
+FMTL_SEEDS ?= 0,1,2,3,4
+FMTL_SWEEP ?= outputs/reproduce/fmtl
 
-.PHONY: train test install clean reproduce-multimnist
+.PHONY: train test install clean reproduce-multimnist reproduce-fmtl
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +51,13 @@ reproduce-multimnist: $(BIN)/.installed
 	  trainer.max_epochs=2 trainer.enable_progress_bar=false "~callbacks.rich_progress_bar" \
 	  "method=$(METHODS)" "sam=$(SAMS)" "seed=$(SEEDS)" hydra.sweep.dir=$(SWEEP) $(ARGS)
 	$(BIN)/mtl-report $(SWEEP) --group method sam $(if $(findstring none,$(SAMS)),--versus sam=none) --out $(SWEEP)/report
+
+# seeds vary slowest, so a sweep cut short leaves whole seeds of every method and sam
+reproduce-fmtl: $(BIN)/.installed
+	-OMP_NUM_THREADS=1 $(BIN)/mtl-train -m hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) experiment=multimnist_fmtl_cpu \
+	  data.root=../shared/data/mnist data.download=false trainer.enable_progress_bar=false "~callbacks.rich_progress_bar" \
+	  "seed=$(FMTL_SEEDS)" "method=$(FMTL_METHODS)" sam=none,fmtl hydra.sweep.dir=$(FMTL_SWEEP) $(ARGS)
+	$(BIN)/mtl-report $(FMTL_SWEEP) --group method sam --versus sam=none --out $(FMTL_SWEEP)/report
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -56,3 +56,17 @@ def test_unknown_task_names_the_model_tasks():
     model = HardParameterSharing(MLP, MLPHead, TASKS, (1, 4, 4))
     with pytest.raises(KeyError, match=r"no task named 'middle'; the model's tasks are \['left', 'right'\]"):
         model.task_parameters("middle")
+
+
+def test_the_fmtl_resnet18_has_torchvisions_resnet18_parameters_on_one_channel_with_a_100_wide_fc():
+    # torchvision's resnet18 has 11,689,512 parameters; a one-channel conv1 has 64*49 weights
+    # instead of 64*3*49, and fc 512 -> 100 has 51,300 instead of 513,000
+    expected = 11_689_512 - 64 * 49 * 2 - (513_000 - 51_300)
+    encoder = ResNet((1, 36, 36), widths=(64, 128, 256, 512), blocks=2, stem="imagenet", features=100)
+    assert sum(parameter.numel() for parameter in encoder.parameters()) == expected
+    assert encoder(torch.randn(2, 1, 36, 36)).shape == (2, 100) and encoder.out_features == 100
+
+
+def test_an_unknown_resnet_stem_names_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown ResNet stem 'cifar'; valid choices: \['small', 'imagenet'\]"):
+        ResNet((1, 36, 36), stem="cifar")

@@ -92,17 +92,30 @@ class BasicBlock(nn.Module):
         return torch.relu(self.body(x) + self.shortcut(x))
 
 
-class ResNet(Encoder):
-    """A small ResNet: a 3x3 stem, one stage of ``blocks`` basic blocks per entry of ``widths``
-    (stride 2 from the second stage on), global average pooling."""
+STEMS = ("small", "imagenet")
 
-    def __init__(self, input_shape: Sequence[int], widths: Sequence[int] = (16, 32, 64), blocks: int = 1) -> None:
+
+class ResNet(Encoder):
+    """A ResNet: a stem, one stage of ``blocks`` basic blocks per entry of ``widths`` (stride 2 from
+    the second stage on), global average pooling, and with ``features`` a ``Linear → ReLU`` to that
+    width.
+
+    ``stem="small"`` is one 3x3 convolution of stride 1; ``stem="imagenet"`` is torchvision's: a 7x7
+    convolution of stride 2 and a 3x3 max-pool of stride 2. ``widths=(64, 128, 256, 512)``,
+    ``blocks=2``, ``stem="imagenet"``, ``features=100`` is the ResNet-18 of the F-MTL MultiMNIST
+    code (Phan et al. 2022, VietHoang1512/FS-MTL ``multi-mnist/model_resnet.py``: torchvision's
+    ``resnet18`` on one input channel, its ``fc`` 512 → 100 followed by a ReLU), with PyTorch's
+    default initialization where torchvision draws the convolutions from ``kaiming_normal_``.
+    """
+
+    def __init__(self, input_shape: Sequence[int], widths: Sequence[int] = (16, 32, 64), blocks: int = 1, stem: str = "small", features: int | None = None) -> None:
         super().__init__()
-        layers: list[nn.Module] = [
-            nn.Conv2d(input_shape[0], widths[0], 3, 1, 1, bias=False),
-            nn.BatchNorm2d(widths[0]),
-            nn.ReLU(),
-        ]
+        if stem not in STEMS:
+            raise ValueError(f"unknown ResNet stem '{stem}'; valid choices: {list(STEMS)}")
+        if stem == "small":
+            layers: list[nn.Module] = [nn.Conv2d(input_shape[0], widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()]
+        else:
+            layers = [nn.Conv2d(input_shape[0], widths[0], 7, 2, 3, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
         channels = widths[0]
         for stage, width in enumerate(widths):
             for block in range(blocks):
@@ -110,6 +123,9 @@ class ResNet(Encoder):
                 layers.append(BasicBlock(channels, width, stride))
                 channels = width
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        if features is not None:
+            layers += [nn.Linear(channels, features), nn.ReLU()]
+            channels = features
         self.layers = nn.Sequential(*layers)
         self.out_features = channels
 
