@@ -173,11 +173,26 @@ def summary_rows(groups: list[Group], keys: list[str], baselines: dict | None) -
                 row[f"{task}/{metric}"] = mean_and_spread(group.values(task, metric))
         if baselines is not None:
             row["Δm%"] = delta_m(group.mean_scores(), baselines, group.finished[0].results["higher_is_better"])
+        best = best_epochs(group)
+        if best:
+            trained = max(run.results.get("epochs") or 0 for run in group.finished)
+            row[BEST_EPOCH] = f"{statistics.median(best):g} ({min(best)}–{max(best)})" + (f" of {trained}" if trained else "")
         rows.append(row)
     score = (lambda row: row["Δm%"]) if baselines is not None else (lambda row: -row.get("mean/accuracy", (0.0, 0.0))[0])
     for rank, row in enumerate(sorted(rows, key=score), start=1):
         row["rank"] = rank
     return sorted(rows, key=lambda row: row["rank"])
+
+
+BEST_EPOCH = "best val epoch"
+"""The summary column that says how near convergence a group's runs stopped: the median (range)
+over its runs of the epoch, counted from 1, of the highest ``val/mean/accuracy``, of the epochs trained."""
+
+
+def best_epochs(group: Group) -> list[int]:
+    """Per finished run with a CSV log, the epoch (from 1) of its highest validation mean accuracy."""
+    series = [epoch_series(run, "val/mean/accuracy") for run in group.finished]
+    return [max(values, key=values.get) + 1 for values in series if values]
 
 
 def paired_rows(groups: list[Group], keys: list[str], versus: tuple[str, str]) -> list[dict[str, Any]]:

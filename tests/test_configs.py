@@ -6,6 +6,7 @@ import pytest
 import torch
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from mtl.build import build_datamodule_and_module, build_trainer
 from mtl.train import CONFIG_DIR
@@ -95,3 +96,31 @@ def test_the_pareto_mtl_protocol_has_their_schedule_and_network(tmp_path):
     # conv 9x9 1->10 (820), conv 5x5 10->20 (5,020), Linear 500->50 (25,050); heads Linear 50->10 (510 each)
     assert sum(p.numel() for p in module.model.shared_parameters()) == 820 + 5020 + 25050
     assert [sum(p.numel() for p in module.model.task_parameters(name)) for name in ("left", "right")] == [510, 510]
+
+
+MULTIMNIST_EXPERIMENTS = ["multidigits", "multimnist", "multimnist_sener_koltun", "multimnist_pareto_mtl", "multimnist_fmtl", "multimnist_fmtl_cpu"]
+
+
+@pytest.mark.parametrize("experiment", MULTIMNIST_EXPERIMENTS)
+def test_digit_experiments_run_fmtl_with_the_joint_norm_of_its_multimnist_script(experiment, tmp_path):
+    assert compose_config([f"experiment={experiment}", "sam=fmtl"], tmp_path / "run").sam.norm == "joint"
+
+
+def test_fmtl_without_an_experiment_normalizes_separately_and_the_command_line_wins(tmp_path):
+    assert compose_config(["sam=fmtl"], tmp_path / "run").sam.norm == "separate"
+    assert compose_config(["experiment=multimnist", "sam=fmtl", "sam.norm=separate"], tmp_path / "run").sam.norm == "separate"
+
+
+def step_settings(cfg):
+    """What the official F-MTL MultiMNIST step is made of: optimizer, batch and perturbation."""
+    return (cfg.optimizer._target_, cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.data.batch_size, cfg.data.normalize, OmegaConf.to_container(cfg.sam))
+
+
+def test_the_fmtl_protocol_is_the_official_multimnist_one_and_its_cpu_twin_takes_the_same_step(tmp_path):
+    cfg = compose_config(["experiment=multimnist_fmtl", "sam=fmtl"], tmp_path / "run")
+    assert step_settings(cfg)[:5] == ("torch.optim.Adam", 1e-3, 0.0, 256, None)
+    assert {key: cfg.sam[key] for key in ("rho", "adaptive", "eta", "norm", "combine")} == {"rho": 2.0, "adaptive": True, "eta": 0.0, "norm": "joint", "combine": "sum"}
+    assert (cfg.trainer.max_epochs, cfg.data.splits_from, cfg.model.encoder.stem, cfg.model.encoder.features, list(cfg.model.head.hidden)) == (200, "official", "imagenet", 100, [])
+    cpu = compose_config(["experiment=multimnist_fmtl_cpu", "sam=fmtl"], tmp_path / "cpu")
+    assert step_settings(cpu) == step_settings(cfg)
+    assert cpu.model.encoder.dropout == 0.0 and cpu.data.splits_from == "test_set"

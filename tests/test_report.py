@@ -187,3 +187,15 @@ def test_curves_read_each_epoch_from_the_csv_logs_and_are_plotted(sweep, tmp_pat
 def test_no_curves_without_csv_logs(sweep, tmp_path):
     report(sweep, ["method"], None, tmp_path / "report")
     assert not (tmp_path / "report" / "curves.png").exists()
+
+
+def test_the_summary_says_at_which_epoch_each_group_peaked_on_validation(sweep, tmp_path):
+    for name, accuracies in (("0", [0.5, 0.8, 0.7, 0.6]), ("1", [0.5, 0.6, 0.9, 0.8])):
+        write_metrics_csv(sweep / name, [{"epoch": epoch, "step": epoch, "val/mean/accuracy": value} for epoch, value in enumerate(accuracies)])
+        results = json.loads((sweep / name / "results.json").read_text())
+        (sweep / name / "results.json").write_text(json.dumps({**results, "epochs": 4}))
+    lines = report(sweep, ["method"], None, tmp_path / "report").splitlines()
+    columns = [column.strip() for column in lines[0].strip("|").split("|")]
+    rows = {cells[0]: dict(zip(columns, cells)) for cells in ([cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:4])}
+    # ew peaked at epochs 2 and 3 of 4 (counted from 1); mgda has no CSV log
+    assert rows["ew"]["best val epoch"] == "2.5 (2–3) of 4" and rows["mgda"]["best val epoch"] == ""
