@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mtl.build import build_datamodule_and_module
-from mtl.checkpoints import WEIGHTS_ONLY, UnreadableCheckpoint, read_checkpoint
+from mtl.checkpoints import WEIGHTS_ONLY, CheckpointError, read_checkpoint
 from mtl.console import print_results_table
 from mtl.run_files import nest_metrics, write_json
 from mtl.train import CONFIG_DIR
@@ -45,7 +45,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 def main(cfg: DictConfig) -> None:
     try:
         evaluate(cfg)
-    except UnreadableCheckpoint as error:
+    except CheckpointError as error:
         raise SystemExit(str(error)) from None
 
 

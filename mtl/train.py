@@ -4,6 +4,7 @@
     mtl-train data=multimnist model=lenet trainer.max_epochs=5 seed=3
     mtl-train experiment=multimnist
     mtl-train ckpt_path=outputs/train/runs/<run>/checkpoints/last.ckpt   # resume
+    mtl-train method=mgda init_from=outputs/train/runs/<run>/checkpoints/last.ckpt   # its weights, a new run
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from mtl.build import build_datamodule_and_module, build_trainer, logger_runs
-from mtl.checkpoints import WEIGHTS_ONLY, UnreadableCheckpoint, read_checkpoint
+from mtl.checkpoints import WEIGHTS_ONLY, CheckpointError, check_resumable, load_model_weights, read_checkpoint
 from mtl.console import print_config_tree, print_results_table
 from mtl.engine.host_memory import retain_freed_host_memory
 from mtl.metrics.delta_m import check_baselines, delta_m
@@ -32,13 +33,14 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one experiment; returns what it writes to ``results.json``."""
     print_config_tree(cfg)
-    if cfg.get("ckpt_path"):
-        read_checkpoint(cfg.ckpt_path)  # refuses a file that is not one of ours before Lightning opens it
+    initial = starting_checkpoint(cfg)
     if cfg.get("retain_freed_host_memory", True):
         retain_freed_host_memory()
     pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     datamodule, module = build_datamodule_and_module(cfg)
+    if initial is not None:
+        load_model_weights(module.model, initial, cfg.init_from)
     higher_is_better = {task.name: task.higher_is_better() for task in datamodule.tasks}
     baselines = OmegaConf.to_container(cfg.baselines) if cfg.get("baselines") else None
     if baselines is not None:
@@ -56,6 +58,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         print_results_table("test metrics", results["test"])
         log.info("Results written to %s", output_dir / "results.json")
     return results
+
+
+def starting_checkpoint(cfg: DictConfig) -> dict[str, Any] | None:
+    """Check what the run starts from before anything is built: a ``ckpt_path`` to resume must be
+    one of ours, written by a run with the same ``RUN_DEFINING`` choices; an ``init_from`` must be
+    one of ours, and is returned for its model weights."""
+    if cfg.get("ckpt_path") and cfg.get("init_from"):
+        raise CheckpointError(f"ckpt_path={cfg.ckpt_path} resumes a run and init_from={cfg.init_from} starts a new one from its weights; give one of them")
+    if cfg.get("ckpt_path"):
+        check_resumable(read_checkpoint(cfg.ckpt_path), OmegaConf.to_container(cfg, resolve=True), cfg.ckpt_path)
+    return read_checkpoint(cfg.init_from, "init_from") if cfg.get("init_from") else None
 
 
 def fit_and_test(cfg: DictConfig, trainer: pl.Trainer, datamodule: pl.LightningDataModule, module: pl.LightningModule) -> dict[str, Any]:
@@ -103,7 +116,7 @@ def metric_value(results: dict[str, Any], name: str | None) -> float | None:
 def main(cfg: DictConfig) -> float | None:
     try:
         results = train(cfg)
-    except UnreadableCheckpoint as error:
+    except CheckpointError as error:
         log.error("The run failed: %s", error)
         raise SystemExit(str(error)) from None
     except Exception as error:

@@ -5,8 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from mtl.checkpoints import UnreadableCheckpoint, read_checkpoint
+from mtl.build import build_datamodule_and_module
+from mtl.checkpoints import CheckpointError, UnreadableCheckpoint, check_resumable, load_model_weights, read_checkpoint
+from mtl.train import train
 from tests.test_train import run_cli
 
 
@@ -75,3 +78,60 @@ def test_the_entry_points_refuse_a_malicious_checkpoint_with_one_line(tmp_path, 
     assert not marker.exists()
     assert "Traceback" not in finished.stderr
     assert finished.stderr.strip().splitlines()[-1].startswith(f"ckpt_path={path}: not a readable mtl checkpoint (it would call")
+
+
+@pytest.fixture
+def trained_checkpoint(tiny_config) -> Path:
+    """The last checkpoint of one tiny EW run."""
+    limits = ["+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1"]
+    cfg = tiny_config(limits, "first")
+    train(cfg)
+    return Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+
+
+def test_resuming_with_another_method_and_model_lists_every_differing_key(tiny_config, trained_checkpoint):
+    cfg = tiny_config(["method=mgda", "model.encoder.hidden=[32]", "optimizer=sgd", f"ckpt_path={trained_checkpoint}"], "resumed")
+    with pytest.raises(CheckpointError) as raised:
+        train(cfg)
+    message = str(raised.value)
+    assert message.startswith(f"ckpt_path={trained_checkpoint} was written by a different run (")
+    assert "method._target_: mtl.methods.linear.LinearScalarization in the checkpoint, mtl.methods.mgda.MGDA here" in message
+    assert "model.encoder.hidden: [256, 256] in the checkpoint, [32] here" in message
+    assert "optimizer._target_: torch.optim.Adam in the checkpoint, torch.optim.SGD here" in message
+    assert message.endswith(f"or start from its model weights alone with init_from={trained_checkpoint} (fresh optimizer and method state)")
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+
+
+def test_resuming_with_another_budget_or_learning_rate_is_allowed(tiny_config, trained_checkpoint):
+    checkpoint = read_checkpoint(trained_checkpoint)
+    config = OmegaConf.to_container(tiny_config(["trainer.max_epochs=3", "optimizer.lr=0.01", f"ckpt_path={trained_checkpoint}"], "resumed"), resolve=True)
+    check_resumable(checkpoint, config, trained_checkpoint)
+
+
+def test_init_from_starts_a_new_run_of_another_method_from_the_checkpoints_model_weights(tiny_config, trained_checkpoint):
+    weights = {name: tensor for name, tensor in read_checkpoint(trained_checkpoint)["state_dict"].items() if name.startswith("model.")}
+    cfg = tiny_config(["method=uw", "trainer.max_epochs=0", f"init_from={trained_checkpoint}"], "second")
+    datamodule, module = build_datamodule_and_module(cfg)
+    load_model_weights(module.model, read_checkpoint(trained_checkpoint, "init_from"), trained_checkpoint)
+    for name, tensor in module.state_dict().items():
+        if name.startswith("model."):
+            assert torch.equal(tensor, weights[name]), name
+    # the method's own state is fresh: UW's log-variances start at zero
+    assert torch.equal(module.method.log_variances, torch.zeros(2))
+    results = train(tiny_config(["method=uw", f"init_from={trained_checkpoint}", "+trainer.limit_train_batches=2"], "third"))
+    assert results["global_step"] == 2  # counted from a fresh start
+
+
+def test_init_from_a_checkpoint_of_another_shape_names_the_tensors(tiny_config, trained_checkpoint):
+    with pytest.raises(CheckpointError) as raised:
+        train(tiny_config(["model.encoder.hidden=[32]", f"init_from={trained_checkpoint}"], "second"))
+    message = str(raised.value)
+    assert message.startswith(f"init_from={trained_checkpoint} does not fit this model: ")
+    # the checkpoint's second hidden layer is missing here, and the first is narrower
+    assert "encoder.layers.3.weight not in this model" in message
+    assert "encoder.layers.1.weight (256, 144) in the checkpoint, (32, 144) here" in message
+
+
+def test_ckpt_path_and_init_from_together_are_refused(tiny_config, trained_checkpoint):
+    with pytest.raises(CheckpointError, match="give one of them"):
+        train(tiny_config([f"ckpt_path={trained_checkpoint}", f"init_from={trained_checkpoint}"], "second"))
