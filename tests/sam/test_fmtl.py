@@ -15,6 +15,7 @@ from mtl.sam.base import RandomState
 from mtl.sam.fmtl import PerturbedModels, as_jacobian
 from mtl.tasks import ClassificationTask, stack_losses
 from mtl.tasks import task_losses as separate_losses  # the tests name a TaskLosses `task_losses`
+from tests.sam.test_training_step import NormalizedEncoder
 from tests.test_module import batch
 
 TASKS = [ClassificationTask("left", 3), ClassificationTask("right", 3)]
@@ -336,19 +337,6 @@ def test_a_step_leaves_the_generators_where_the_clean_pass_left_them():
     torch.manual_seed(5)
     flat_step(FlatMTL(rho=0.5), model, TASKS, equal_weighting, data)
     assert torch.equal(torch.get_rng_state(), after_clean_pass)
-
-
-class NormalizedEncoder(nn.Module):
-    """Flatten → Linear → BatchNorm → ReLU: batch statistics in every pass, running statistics kept."""
-
-    out_features = 5
-
-    def __init__(self, input_shape):
-        super().__init__()
-        self.layers = nn.Sequential(nn.Flatten(), nn.Linear(4, 5), nn.BatchNorm1d(5), nn.ReLU())
-
-    def forward(self, x):
-        return self.layers(x)
 
 
 def official_step(model, data, rho, norm):
