@@ -2,7 +2,9 @@
 
 A data module declares its tasks; the model builds one head per task from ``num_outputs``; the
 training module computes each task's loss and metrics from them. Missing labels are written as
-``IGNORE_INDEX`` in the target and excluded from both the loss and the metrics.
+``IGNORE_INDEX`` in the target and excluded from both the loss and the metrics. A batch is a
+mapping of the model input (``INPUT_KEY``) and the task targets; ``model_input`` and
+``split_batch`` read and cut one.
 """
 
 from __future__ import annotations
@@ -97,3 +99,21 @@ def stack_losses(tasks: list[Task], predictions: Mapping[str, Tensor], batch: Ma
     runs the backward pass of every head (with zeros for the others): differentiate the entries
     of ``task_losses`` instead to reach one head."""
     return torch.stack(task_losses(tasks, predictions, batch))
+
+
+def model_input(batch: Mapping[str, Tensor]) -> Tensor:
+    """The model input of ``batch``, or an error naming the keys the batch has."""
+    if INPUT_KEY not in batch:
+        raise KeyError(f"the batch has no '{INPUT_KEY}' key for the model input; its keys are {sorted(batch)}")
+    return batch[INPUT_KEY]
+
+
+def split_batch(batch: Mapping[str, Tensor], parts: int) -> list[dict[str, Tensor]]:
+    """``batch`` cut into ``parts`` disjoint batches of nearly equal size (the batch itself for one part)."""
+    if parts == 1:
+        return [dict(batch)]
+    size = len(batch[INPUT_KEY])
+    if size < parts:
+        raise ValueError(f"a batch of {size} samples cannot be split into {parts} independent samples; raise data.batch_size")
+    pieces = {key: value.tensor_split(parts) for key, value in batch.items()}
+    return [{key: value[index] for key, value in pieces.items()} for index in range(parts)]

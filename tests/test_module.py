@@ -16,10 +16,10 @@ TASKS = [ClassificationTask("left", 3), ClassificationTask("right", 3)]
 LR = 0.1
 
 
-def make_module(weights=None):
+def make_module(weights=None, method=None):
     torch.manual_seed(0)
     model = HardParameterSharing(functools.partial(MLP, hidden=(4,)), MLPHead, TASKS, (1, 2, 2))
-    method = LinearScalarization(len(TASKS), weights)
+    method = method or LinearScalarization(len(TASKS), weights)
     return MultiTaskModule(model, TASKS, method, optimizer=functools.partial(torch.optim.SGD, lr=LR))
 
 
@@ -72,8 +72,7 @@ class MeanOfRows(GramianWeighting):
 
 
 def test_an_aggregator_step_moves_shared_weights_along_the_direction_and_each_head_along_its_task():
-    module, data = make_module(), batch()
-    module.method = MeanOfRows(len(TASKS))
+    module, data = make_module(method=MeanOfRows(len(TASKS))), batch()
     reference = make_module().model
     predictions = reference(data["input"])
     losses = [task.loss(predictions[task.name], data[task.name]) for task in TASKS]
@@ -104,8 +103,7 @@ def test_a_method_that_requires_the_losses_after_the_step_receives_them():
         def update(self, losses_after_step):
             self.seen = losses_after_step
 
-    module, data = make_module(), batch()
-    module.method = Recording(len(TASKS))
+    module, data = make_module(method=Recording(len(TASKS))), batch()
     one_training_step(module, data)
     predictions = module.model(data["input"])
     expected = torch.stack([task.loss(predictions[task.name], data[task.name]) for task in TASKS])

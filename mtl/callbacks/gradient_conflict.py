@@ -30,8 +30,7 @@ import torch
 from torch import Tensor
 
 from mtl.engine.jacobian import task_jacobian
-from mtl.engine.module import model_input
-from mtl.tasks import stack_losses
+from mtl.tasks import model_input, stack_losses
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file backend)

@@ -561,7 +561,7 @@ def test_rep_needs_a_representation_and_one_sample():
 def test_the_config_chooses_the_mode_and_a_rep_run_trains(tiny_config):
     cfg = tiny_config(["method=mgda", "jacobian.mode=batched", "jacobian.chunk=1"], name="batched")
     _, module = build_datamodule_and_module(cfg)
-    assert (module.jacobian.mode, module.jacobian.chunk) == ("batched", 1)
+    assert (module.step.engine.mode, module.step.engine.chunk) == ("batched", 1)
     results = train(tiny_config(["method=mgda", "jacobian.mode=rep"], name="rep"))
     assert 0 <= results["test"]["mean"]["accuracy"] <= 1
 

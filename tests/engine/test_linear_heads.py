@@ -125,7 +125,7 @@ def expected_rep_step(reference, data, method, groups):
 def test_a_rep_step_with_the_products_equals_the_step_with_the_formed_gradients(method_class, groups):
     rows = len(TASKS) if groups is None else len(groups)
     module, data = wide_step_module(method_class(rows), groups), wide_batch()
-    module.jacobian.bind(NAMES)
+    module.step.engine.bind(NAMES)
     shared_expected, heads_expected = expected_rep_step(copy.deepcopy(module.model), data, method_class(rows), groups)
 
     one_training_step(module, data)

@@ -114,4 +114,4 @@ def test_groups_are_refused_where_they_cannot_apply():
         module_with(MGDA(2), 2, FlatMTL())
     with pytest.raises(ValueError, match="MGDA was built for 3 tasks, but jacobian.groups gives it 2 rows"):
         module_with(MGDA(3), 2)
-    assert module_with(MGDA(2), 2).jacobian.groups.groups == [[0, 1], [2]]
+    assert module_with(MGDA(2), 2).step.engine.groups.groups == [[0, 1], [2]]

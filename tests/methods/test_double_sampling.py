@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mtl.engine.module import split_batch
+from mtl.tasks import split_batch
 
 G_DIAGONAL = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
 G_THIRD = torch.tensor([[1.0, 1.0], [0.0, 1.0]])

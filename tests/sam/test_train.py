@@ -30,7 +30,7 @@ def test_sam_none_means_no_sharpness_object(tiny_config):
     from mtl.build import build_datamodule_and_module
 
     _, module = build_datamodule_and_module(tiny_config(["sam=none"]))
-    assert module.sam is None
+    assert module.step.sharpness is None
 
 
 @pytest.mark.parametrize("method", ["ew", "uw", "mgda"])

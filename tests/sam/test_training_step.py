@@ -132,7 +132,7 @@ def test_batched_and_looped_fmtl_take_the_same_step_with_batchnorm_in_train_mode
     looped, batched = make_module(METHODS[name](), FlatMTL(rho=0.5, batched=False)), make_module(METHODS[name](), FlatMTL(rho=0.5, batched=True))
     one_training_step(looped, data)
     one_training_step(batched, data)
-    assert batched.sam.batched  # no fallback
+    assert batched.step.sharpness.batched  # no fallback
     for (key, expected), parameter in zip(looped.named_parameters(), batched.parameters()):
         assert torch.allclose(parameter, expected, atol=1e-6), key
     for (key, expected), buffer in zip(looped.model.named_buffers(), batched.model.buffers()):
