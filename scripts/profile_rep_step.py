@@ -29,7 +29,8 @@ from bench_setups import SETUPS
 from bench_steps import mtl_step
 
 from mtl.engine.host_memory import retain_freed_host_memory
-from mtl.engine.jacobian_modes import JacobianEngine, dense
+from mtl.engine.jacobian_modes import JacobianEngine
+from mtl.engine.modes import dense
 from mtl.engine.linear_heads import LinearHeadGradients
 from mtl.methods import METHODS
 from mtl.methods.dual_cone import UPGrad

@@ -2,7 +2,8 @@
 
 This is the reference computation, one ``torch.autograd.grad`` per task through the whole graph;
 the training step uses the Jacobian engine (``mtl.engine.jacobian_modes``), which gives the same
-rows more cheaply, with ``batched_vector_jacobian_products`` in its ``batched`` mode.
+rows more cheaply (with ``batched_vector_jacobian_products`` in its ``batched`` mode). The other
+helpers move gradients between per-parameter tensors and flat rows.
 ``torch.autograd.grad`` fires no gradient hooks (DDP's included) and leaves ``.grad`` untouched.
 """
 
@@ -75,3 +76,43 @@ def vmapped_products(outputs: Tensor, cotangents: Tensor, inputs: Sequence[Tenso
 def prototype_batched_products(outputs: Tensor, cotangents: Tensor, inputs: Sequence[Tensor]) -> tuple[Tensor | None, ...]:
     """``batched_vector_jacobian_products`` by ``torch.autograd.grad(..., is_grads_batched=True)``."""
     return torch.autograd.grad(outputs, inputs, grad_outputs=cotangents, retain_graph=True, allow_unused=True, is_grads_batched=True)
+
+def numel(parameters: Sequence[nn.Parameter]) -> int:
+    """The number of entries of all ``parameters`` together."""
+    return sum(parameter.numel() for parameter in parameters)
+
+def scatter(gradients: Sequence[Tensor | None], parameters: Sequence[nn.Parameter], rows: Tensor) -> None:
+    """Copy per-parameter ``gradients`` (each ``(*batch, *parameter.shape)``) into the flat
+    ``rows (*batch, P)``; a gradient of None (unused parameter) writes zeros."""
+    offset = 0
+    for gradient, parameter in zip(gradients, parameters):
+        size = parameter.numel()
+        block = rows[..., offset : offset + size]
+        if gradient is None:
+            block.zero_()
+        else:
+            block.copy_(gradient.reshape(block.shape))
+        offset += size
+
+def own_memory(gradients: Sequence[Tensor | None], parameters: Sequence[nn.Parameter]) -> list[Tensor]:
+    """``gradients`` (from ``torch.autograd.grad``) as tensors the ``parameters`` may keep as
+    ``.grad`` and change in place (gradient clipping does): zeros for None (no loss reaches the
+    parameter), and a copy of a gradient that is not contiguous (autograd may return an expanded
+    one) or that shares memory with an earlier one (autograd may hand one tensor to several inputs)."""
+    owned, storages = [], set()
+    for gradient, parameter in zip(gradients, parameters):
+        if gradient is None:
+            gradient = torch.zeros_like(parameter)
+        elif not gradient.is_contiguous() or gradient.untyped_storage().data_ptr() in storages:
+            gradient = gradient.clone(memory_format=torch.contiguous_format)
+        storages.add(gradient.untyped_storage().data_ptr())
+        owned.append(gradient)
+    return owned
+
+def copy_rows(gradients: Sequence[Tensor | None], rows: Tensor) -> None:
+    """``rows[k] = gradients[k]``; a gradient of None (the loss does not reach it) writes zeros."""
+    for row, gradient in zip(rows, gradients):
+        if gradient is None:
+            row.zero_()
+        else:
+            row.copy_(gradient)

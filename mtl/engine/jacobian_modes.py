@@ -12,34 +12,15 @@ cotangents ``dL_k/dz``. When the model also has ``decode_each`` (each head on it
 head reads its own leaf copy of ``z``: ONE backward pass of the summed losses through the heads
 then gives every head's own gradient and every task's ``dL_k/dz`` (the gradient that reached its
 copy). A model with ``decode`` alone gets each ``dL_k/dz`` from its task's own loss (head ``k``
-alone) and the heads' gradients from one more pass, so its heads are traversed twice. The modes
-(``jacobian.mode``) differ in how the encoder part is run:
+alone) and the heads' gradients from one more pass, so its heads are traversed twice.
 
-- ``loop``: ``K`` vector-Jacobian products through the encoder, one ``torch.autograd.grad`` each.
-- ``batched``: the same products as one vmapped ``torch.autograd.grad`` call per ``chunk`` tasks
-  (all ``K`` at once when ``chunk`` is None; ``mtl.engine.jacobian.batched_vector_jacobian_products``);
-  the memory of the encoder's backward grows with the chunk. A pass that runs out of memory
-  halves the chunk, with a warning, and runs again; in ``auto`` mode a pass of one task that runs
-  out of memory makes the choice ``loop``. A pass that vmap cannot run (it raises, e.g. on NumPy
-  or data-dependent control flow) switches the engine to ``loop`` for the rest of the run with
-  one warning that gives vmap's reason.
-- ``rep``: MGDA-UB (Sener & Koltun 2018, "Multi-Task Learning as Multi-Objective Optimization",
-  arXiv:1810.04650, Section 3.3; LibMTL's ``rep_grad``). The aggregator acts on the gradients with
-  respect to the representation, ``Z (K, B·D)`` with ``Z[k] = vec(dL_k/dz)``, and its direction
-  ``d`` is backpropagated once: ``shared.grad = (dz/dθ)ᵀ · reshape(d, z.shape)``. Sener & Koltun
-  show (their Theorem 1) that under a full-rank ``dz/dθ`` the min-norm weights of ``Z`` give a
-  direction that still decreases every loss; for other aggregators it is the same approximation.
-  Stateful aggregators keep state of ``B·D`` columns instead of ``P``. When every head is one
-  linear layer and the aggregator a Gramian weighting, ``Z`` is never formed: its Gramian and the
-  direction come from the heads' output gradients and weights (``mtl.engine.linear_heads``), and
-  the step costs about one ordinary training step at any ``K``.
-- ``auto`` (default): ``batched`` or ``loop``, whichever makes the whole gradient step faster
-  (``ModeTrial``: the first ``1 + TRIAL_STEPS`` calls of ``write_gradients`` run ``batched``, the
-  next as many ``loop``; each mode's first call is its warm-up and its best later timing counts);
-  decided once and logged at INFO. A step in which ``batched`` ran out of memory and halved its
-  chunk starts ``batched``'s steps again; after a choice of ``batched``, the whole trial. The
-  step is timed, not the Jacobian alone, since a mode's memory traffic also slows what follows it
-  (the method's Gramian, the write into ``.grad``).
+The engine owns the forward pass, that backward pass through the heads, the buffers and the
+sharing between processes; how the encoder part is run is its mode (``jacobian.mode``, the
+objects of ``mtl.engine.modes``): ``loop``, ``batched``, ``rep`` (MGDA-UB, on the gradients of the
+representation) or ``auto`` (the default: ``batched`` or ``loop``, whichever makes the step
+faster, decided once and logged at INFO). A pass that vmap cannot run (it raises, e.g. on NumPy or
+data-dependent control flow) switches the engine to ``loop`` for the rest of the run with one
+warning that gives vmap's reason.
 
 Both exact modes give the reference Jacobian (up to float rounding) on any model, BatchNorm and
 dropout included, since the forward pass is the ordinary one. They assume that ``decode`` uses no
@@ -64,32 +45,40 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
-import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from mtl.engine.distributed import GradientSync
-from mtl.engine.jacobian import batched_vector_jacobian_products, set_gradient
-from mtl.engine.linear_heads import LinearHeadGradients, LinearHeadOutputs, decode_recording_linear_heads
-from mtl.engine.task_groups import TaskGroups
-from mtl.methods.base import GradientAggregator, GramianWeighting
+from mtl.engine.jacobian import copy_rows, numel, own_memory, scatter, set_gradient
+from mtl.engine.linear_heads import LinearHeadOutputs, decode_recording_linear_heads
+from mtl.engine.modes import AutoMode, Backpropagated, BatchedRows, LoopRows, RepresentationMode, Unbatchable
+from mtl.engine.task_groups import TaskGroups, grouped
+from mtl.methods.base import GradientAggregator
 from mtl.methods.task_state import TaskStateAggregator
-from mtl.task_chunks import first_line, halved_chunk
-
-RepresentationGradients = Tensor | tuple[Tensor, ...] | LinearHeadGradients
-"""Every task's ``dL_k/dz``: stacked ``(K, *z.shape)``, as the ``K`` tensors autograd returned
-(``loop`` takes them one at a time, so they are not copied), or as linear heads' products."""
 
 MODES = ("auto", "loop", "batched", "rep")
 EXACT_MODES = ("loop", "batched")
-TRIAL_STEPS = 3
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+Mode = LoopRows | AutoMode
+"""A mode of ``mtl.engine.modes``: ``LoopRows``, ``BatchedRows`` and ``RepresentationMode`` are all ``LoopRows``."""
+
+
+def make_mode(name: str, chunk: int | None) -> Mode:
+    """The mode object of ``jacobian.mode=name``."""
+    if name not in MODES:
+        raise ValueError(f"unknown jacobian mode '{name}'; valid modes: {list(MODES)}")
+    if chunk is not None and chunk < 1:
+        raise ValueError(f"jacobian.chunk must be a positive number of tasks or null, got {chunk}")
+    return {"auto": lambda: AutoMode(chunk), "loop": LoopRows, "batched": lambda: BatchedRows(chunk), "rep": RepresentationMode}[name]()
 
 
 def has_representation(model: nn.Module) -> bool:
@@ -109,43 +98,6 @@ class Representation:
     linear_heads: LinearHeadOutputs | None = None
 
 
-class ModeTrial:
-    """``jacobian.mode=auto``'s decision: each exact mode in turn runs a warm-up step (buffers
-    allocated, caches filled; not counted) and ``steps`` timed ones. The mode with the best timed
-    step is the choice. ``batched`` goes first, so that an op without a batching rule shows on the
-    first step. One mode after the other, not alternating: ``loop``'s ``(K, P)`` buffer, which
-    ``batched`` does not fill for a Gramian weighting, is then not held during ``batched``'s steps,
-    and the trial's peak memory is the larger of the two modes', not their sum."""
-
-    def __init__(self, modes: Sequence[str] = ("batched", "loop"), steps: int = TRIAL_STEPS) -> None:
-        self.timings: dict[str, list[float]] = {mode: [] for mode in modes}
-        self.steps = steps
-
-    @property
-    def mode(self) -> str:
-        """The mode whose turn it is: the first that has not had all its steps."""
-        return next((mode for mode, timings in self.timings.items() if len(timings) <= self.steps), list(self.timings)[-1])
-
-    def record(self, mode: str, seconds: float) -> str | None:
-        """Count a step of ``mode``; returns the choice once every mode has had all its steps."""
-        self.timings[mode].append(seconds)
-        if any(len(timings) <= self.steps for timings in self.timings.values()):
-            return None
-        return min(self.timings, key=self.best)
-
-    def restart(self, mode: str) -> None:
-        """Count ``mode``'s steps from nothing again, its next one a warm-up: the engine has
-        changed how it runs the mode."""
-        self.timings[mode] = []
-
-    def best(self, mode: str) -> float:
-        """The best timed step of ``mode`` (its warm-up left out)."""
-        return min(self.timings[mode][1:])
-
-    def summary(self) -> str:
-        return ", ".join(f"{mode} {self.best(mode) * 1e3:.2f} ms" for mode in self.timings) + " per gradient step"
-
-
 class JacobianEngine:
     """Computes the task Jacobian (or, in ``rep`` mode, the representation gradients) and writes
     the aggregated direction into the shared parameters' ``.grad``.
@@ -156,17 +108,24 @@ class JacobianEngine:
     """
 
     def __init__(self, mode: str = "auto", chunk: int | None = None, groups: int | Sequence[Sequence[str]] | None = None, regroup_every: int = 100) -> None:
-        if mode not in MODES:
-            raise ValueError(f"unknown jacobian mode '{mode}'; valid modes: {list(MODES)}")
-        if chunk is not None and chunk < 1:
-            raise ValueError(f"jacobian chunk must be a positive number of tasks or null, got {chunk}")
-        self.mode = mode
-        self.automatic = mode == "auto"
-        """Whether the mode was ``auto``: ``mode`` becomes the trial's choice once it is made."""
-        self.chunk = chunk
+        self._mode = make_mode(mode, chunk)
         self.groups = TaskGroups(groups, regroup_every)
-        self._trial = ModeTrial()
         self._buffers: dict[str, Tensor] = {}
+
+    @property
+    def mode(self) -> str:
+        """The mode's name: in ``auto`` mode ``auto`` until its trial has chosen, then the choice."""
+        return self._mode.name
+
+    @property
+    def running_mode(self) -> str:
+        """The name of the exact mode that runs the next step: in ``auto`` mode, the one on trial."""
+        return self._mode.running.name
+
+    @property
+    def chunk(self) -> int | None:
+        """``jacobian.chunk`` of the batched calls (None: every task in one call, or no batched calls)."""
+        return getattr(self._mode, "chunk", None)
 
     def bind(self, task_names: Sequence[str]) -> int:
         """Resolve ``jacobian.groups`` for these tasks; returns how many rows the aggregator sees
@@ -175,7 +134,7 @@ class JacobianEngine:
 
     def check(self, model: nn.Module, method: GradientAggregator) -> None:
         """Refuse at start-up the combinations the engine cannot run."""
-        if self.mode != "rep":
+        if self._mode.exact:
             return
         if not has_representation(model):
             raise ValueError(
@@ -204,7 +163,7 @@ class JacobianEngine:
         if task_names is None or not callable(decode_each):
             return Representation(representation), model.decode(representation)
         copies = {name: representation.detach().requires_grad_() for name in task_names}
-        if self.mode != "rep":
+        if self._mode.exact:  # rep also records the outputs of linear heads, for their products
             return Representation(representation, tuple(copies.values())), decode_each(copies)
         predictions, linear_heads = decode_recording_linear_heads(model, decode_each, copies)
         return Representation(representation, tuple(copies.values()), linear_heads), predictions
@@ -232,9 +191,9 @@ class JacobianEngine:
         method runs, ``local`` averages ``[direction | head gradients]`` after it.
         """
         sync = sync or GradientSync()
-        with self._trial_step(shared[0]):
-            if self.mode == "rep" and sync.exact and sync.active:
-                raise ValueError("jacobian.mode=rep aggregates gradients of this process's representation; with several processes use distributed.sync=local or an exact jacobian mode")
+        if not self._mode.exact and sync.exact and sync.active:
+            raise ValueError("jacobian.mode=rep aggregates gradients of this process's representation; with several processes use distributed.sync=local or an exact jacobian mode")
+        with self._step(shared[0]):
             backpropagated, own_gradients = self.backward_through_heads(separate if separate is not None else losses, losses, representations, heads)
             if self.groups.due():
                 # every regroup_every steps only: not worth keeping a second (N, K, P) buffer for
@@ -244,88 +203,84 @@ class JacobianEngine:
                 self.groups.regroup(jacobian)
             averaging = None if self.groups.trivial else self.groups.matrix(losses)
             group_losses = grouped(losses, averaging).detach()
-            samples, rows_per_sample = group_losses.shape
-            if sync.exact and sync.active and self.mode != "rep":
-                width, head_width = numel(shared), numel(heads)
-                flat = self._buffer("exact", (samples * rows_per_sample * (width + 1) + head_width + 1,), shared[0])
-                rows, head_gradients, row_losses, weight = flat.split([samples * rows_per_sample * width, head_width, samples * rows_per_sample, 1])
-                jacobians = rows.view(samples, rows_per_sample, width)
-                self._fill_jacobians(jacobians, backpropagated, shared, averaging)
-                row_losses.copy_(group_losses.flatten())
-                scatter(own_gradients, heads, head_gradients)
-                weight.fill_(batch_size)
-                sync.average_(flat)
-                row_losses = row_losses.view(samples, rows_per_sample)
-                direction = method(jacobians[0], row_losses[0]) if samples == 1 else method(jacobians, row_losses)
-                set_gradient(shared, direction)
-                set_gradient(heads, head_gradients)
-            else:
-                # one process (where exact and local agree): the gradients become the .grad as they are, without a copy
-                direction = self._direction(method, group_losses, backpropagated, shared, averaging)
-                gradients = sync.average([*direction, *own_memory(own_gradients, heads)], batch_size)
-                for parameter, gradient in zip([*shared, *heads], gradients):
-                    parameter.grad = gradient
+            if sync.exact and sync.active:
+                self._write_shared_step(method, group_losses, backpropagated, own_gradients, shared, heads, averaging, batch_size, sync)
+                return
+            # one process (where exact and local agree): the gradients become the .grad as they are, without a copy
+            direction = self._with_fallback(lambda mode: mode.direction(method, group_losses, backpropagated, shared, averaging, self._jacobian_buffer(shared)))
+            gradients = sync.average([*direction, *own_memory(own_gradients, heads)], batch_size)
+            for parameter, gradient in zip([*shared, *heads], gradients):
+                parameter.grad = gradient
 
-    @contextlib.contextmanager
-    def _trial_step(self, device_of: Tensor) -> Iterator[None]:
-        """In ``auto`` mode, times the gradient step it wraps as a step of the mode on trial
-        (``ModeTrial``, waiting for the device to finish) and, once the trial has chosen, switches
-        the engine to that mode and logs it; in other modes it does nothing."""
-        if self.mode != "auto":
-            yield
-            return
-        mode, chunk = self._trial.mode, self.chunk
-        synchronize(device_of)
-        start = time.perf_counter()
-        yield
-        synchronize(device_of)
-        if self.mode != "auto":  # batched fell back to loop
-            return
-        if self.chunk != chunk:  # batched ran out of memory, and its later steps run in chunks
-            self._trial.restart(mode)
-            return
-        choice = self._trial.record(mode, time.perf_counter() - start)
-        if choice is not None:
-            self.mode = choice
-            self._buffers.pop("jacobian", None)  # the trial's (K, P) buffer: batched may not need it, loop makes it again
-            log.info("jacobian.mode=auto chose %s (%s)", choice, self._trial.summary())
-
-    def _direction(
+    def _write_shared_step(
         self,
         method: GradientAggregator,
         group_losses: Tensor,
-        backpropagated: Sequence[tuple[Tensor, RepresentationGradients]],
+        backpropagated: Sequence[Backpropagated],
+        own_gradients: Sequence[Tensor | None],
         shared: Sequence[nn.Parameter],
+        heads: Sequence[nn.Parameter],
         averaging: Tensor | None,
-    ) -> list[Tensor]:
-        """This process's direction from its own task gradients, grouped by ``averaging``: one
-        tensor per shared parameter, each with memory of its own."""
-        if self.mode == "rep":
-            return self._representation_direction(method, group_losses[0], backpropagated[0], shared, averaging)
-        if self._exact_mode == "batched" and isinstance(method, GramianWeighting) and len(group_losses) == 1 and (self.chunk or math.inf) >= group_losses.shape[1]:
-            direction = self._blockwise_direction(method, group_losses[0], backpropagated[0], shared, averaging)
-            if direction is not None:
-                return direction
-        jacobians = self._buffer("jacobian", (*group_losses.shape, numel(shared)), shared[0])
+        batch_size: int,
+        sync: GradientSync,
+    ) -> None:
+        """``exact`` sync over several processes: ``[Jacobians | head gradients | losses | batch
+        size]`` packed in one flat buffer, averaged in one all-reduce, and the method run on the
+        global Jacobian by every process."""
+        samples, rows_per_sample = group_losses.shape
+        width, head_width = numel(shared), numel(heads)
+        flat = self._buffer("exact", (samples * rows_per_sample * (width + 1) + head_width + 1,), shared[0])
+        rows, head_gradients, row_losses, weight = flat.split([samples * rows_per_sample * width, head_width, samples * rows_per_sample, 1])
+        jacobians = rows.view(samples, rows_per_sample, width)
         self._fill_jacobians(jacobians, backpropagated, shared, averaging)
-        direction = method(jacobians[0], group_losses[0]) if len(group_losses) == 1 else method(jacobians, group_losses)
-        # a copy: a method may return a view of the Jacobian buffer, which the next pass overwrites
-        parts = direction.to(jacobians.dtype, copy=True).split([parameter.numel() for parameter in shared])
-        return [part.view_as(parameter) for part, parameter in zip(parts, shared)]
+        row_losses.copy_(group_losses.flatten())
+        scatter(own_gradients, heads, head_gradients)
+        weight.fill_(batch_size)
+        sync.average_(flat)
+        row_losses = row_losses.view(samples, rows_per_sample)
+        direction = method(jacobians[0], row_losses[0]) if samples == 1 else method(jacobians, row_losses)
+        set_gradient(shared, direction)
+        set_gradient(heads, head_gradients)
+
+    @contextlib.contextmanager
+    def _step(self, device_of: Tensor) -> Iterator[None]:
+        """The gradient step, timed by ``auto``'s trial (``AutoMode.timed``); once the trial has
+        chosen, the choice is logged and the trial's ``(K, P)`` buffer dropped (``batched`` may not
+        need it, ``loop`` makes it again)."""
+        mode, before = self._mode, self._mode.name
+        with mode.timed(device_of):
+            yield
+        if mode is self._mode and before == "auto" and mode.name != "auto":
+            self._buffers.pop("jacobian", None)
+            log.info("jacobian.mode=auto chose %s (%s)", mode.name, mode.trial.summary())
+
+    def _with_fallback(self, run: Callable[[Mode], T]) -> T:
+        """``run(mode)``; if a vmapped pass cannot run, warns once and runs it again with ``loop``,
+        the engine's mode for the rest of the run."""
+        try:
+            return run(self._mode)
+        except Unbatchable as error:
+            warnings.warn(f"jacobian.mode=batched is not possible for this model ({error}); using jacobian.mode=loop", RuntimeWarning, stacklevel=3)
+            self._mode = self._mode.fall_back()
+            return run(self._mode)
+
+    def _fill_jacobians(self, buffer: Tensor, backpropagated: Sequence[Backpropagated], shared: Sequence[nn.Parameter], averaging: Tensor | None = None) -> None:
+        """``buffer[n]`` = the Jacobian of sample ``n`` (grouped by ``averaging``), by the engine's mode."""
+        self._with_fallback(lambda mode: mode.fill_jacobians(buffer, backpropagated, shared, averaging))
 
     def jacobians(
         self, losses: Tensor, representations: Sequence[Representation | None], shared: Sequence[nn.Parameter], separate: Sequence[Sequence[Tensor]] | None = None
     ) -> Tensor:
         """The Jacobians ``(N, K, P)`` of the losses ``(N, K)`` of ``N`` samples (``separate``: as
         in ``write_gradients``): a view of the reused buffer."""
-        buffer = self._buffer("jacobian", (*losses.shape, numel(shared)), shared[0])
+        buffer = self._jacobian_buffer(shared)((*losses.shape, numel(shared)))
         backpropagated, _ = self.backward_through_heads(separate if separate is not None else losses, losses, representations, heads=())
         self._fill_jacobians(buffer, backpropagated, shared)
         return buffer
 
     def backward_through_heads(
         self, separate: Sequence[Sequence[Tensor]], losses: Tensor, representations: Sequence[Representation | None], heads: Sequence[nn.Parameter]
-    ) -> tuple[list[tuple[Tensor, RepresentationGradients]], list[Tensor | None]]:
+    ) -> tuple[list[Backpropagated], list[Tensor | None]]:
         """The backward pass down to the shared representations. Returns, for every sample, what
         the encoder part backpropagates: ``(z, dL_k/dz for every k)`` (for linear heads in ``rep``
         mode as products, ``LinearHeadGradients``), or on the general path
@@ -339,7 +294,7 @@ class JacobianEngine:
 
     def _through_head_copies(
         self, separate: Sequence[Sequence[Tensor]], representations: Sequence[Representation], heads: Sequence[nn.Parameter]
-    ) -> tuple[list[tuple[Tensor, RepresentationGradients]], list[Tensor | None]]:
+    ) -> tuple[list[Backpropagated], list[Tensor | None]]:
         """``backward_through_heads`` for heads that read their own copies of ``z``: one backward pass of
         all the losses, in which each head is traversed once; the gradient that reaches task
         ``k``'s copy is ``dL_k/dz``. For linear heads (``Representation.linear_heads``) the pass
@@ -362,14 +317,6 @@ class JacobianEngine:
             own_gradients = [None if gradient is None else gradient / len(representations) for gradient in own_gradients]
         return backpropagated, own_gradients
 
-    def _fill_jacobians(
-        self, buffer: Tensor, backpropagated: Sequence[tuple[Tensor, RepresentationGradients]], shared: Sequence[nn.Parameter], averaging: Tensor | None = None
-    ) -> None:
-        """``buffer[n]`` = the Jacobian of sample ``n``, its rows averaged over groups of tasks by
-        ``averaging (C, K)`` when given (``C`` backward passes through the encoder instead of ``K``)."""
-        for rows, (outputs, cotangents) in zip(buffer, backpropagated):
-            self._fill(rows, outputs, grouped_cotangents(cotangents, averaging), shared)
-
     def _representation_gradients(self, losses: Sequence[Tensor], representation: Tensor, sample: int = 0) -> Tensor | tuple[Tensor, ...]:
         """``dL_k/dz`` for every task (``_as_rows``), for heads that read ``z`` itself: one
         gradient per task loss, through that task's head alone when the losses are separate tensors
@@ -377,10 +324,10 @@ class JacobianEngine:
         return self._as_rows([torch.autograd.grad(loss, representation, retain_graph=True, allow_unused=True)[0] for loss in losses], representation, sample)
 
     def _as_rows(self, gradients: Sequence[Tensor | None], representation: Tensor, sample: int) -> Tensor | tuple[Tensor, ...]:
-        """The ``K`` gradients ``dL_k/dz`` as the encoder part takes them: as they are in ``loop``
-        mode, which backpropagates one at a time; stacked in the reused buffer of ``sample``
-        otherwise. A gradient of None (the loss does not reach it) is zeros."""
-        if self._exact_mode == "loop":
+        """The ``K`` gradients ``dL_k/dz`` as the mode takes them: as they are in ``loop`` mode,
+        which backpropagates one at a time; stacked in the reused buffer of ``sample`` otherwise.
+        A gradient of None (the loss does not reach it) is zeros."""
+        if not self._mode.stacks_rows:
             return tuple(torch.zeros_like(representation) if gradient is None else gradient for gradient in gradients)
         rows = self._buffer(f"representation{sample}", (len(gradients), *representation.shape), representation)
         copy_rows(gradients, rows)
@@ -394,104 +341,9 @@ class JacobianEngine:
             return losses, self._identity(len(losses), losses)
         return representation.tensor, self._representation_gradients(separate, representation.tensor, sample)
 
-    def _fill(self, rows: Tensor, outputs: Tensor, cotangents: Tensor | tuple[Tensor, ...], shared: Sequence[nn.Parameter]) -> None:
-        """``rows[k] = vec((d outputs/dθ)ᵀ · cotangents[k])`` in the engine's exact mode."""
-        if self._exact_mode == "batched" and self._fill_batched(rows, outputs, cotangents, shared):
-            return
-        self._fill_looped(rows, outputs, cotangents, shared)
-
-    @property
-    def _exact_mode(self) -> str:
-        """The engine's mode; in ``auto`` mode, the one on trial."""
-        return self._trial.mode if self.mode == "auto" else self.mode
-
-    def _fill_looped(self, rows: Tensor, outputs: Tensor, cotangents: Tensor | tuple[Tensor, ...], shared: Sequence[nn.Parameter]) -> None:
-        for row, cotangent in zip(rows, cotangents):
-            gradients = torch.autograd.grad(outputs, shared, grad_outputs=cotangent, retain_graph=True, allow_unused=True)
-            scatter(gradients, shared, row)
-
-    def _fill_batched(self, rows: Tensor, outputs: Tensor, cotangents: Tensor, shared: Sequence[nn.Parameter]) -> bool:
-        """``_fill`` by one vmapped pass per chunk of tasks; a pass that ran out of memory is run
-        again in the smaller chunks it left (``_batched_gradients``). False, with ``rows`` not all
-        filled, when the engine fell back to ``loop``."""
-        start = 0
-        while start < len(rows):
-            block = slice(start, start + (self.chunk or len(rows)))
-            gradients = self._batched_gradients(outputs, cotangents[block], shared)
-            if gradients is not None:
-                scatter(gradients, shared, rows[block])
-                start = block.stop
-            elif self._exact_mode == "loop":
-                return False
-        return True
-
-    def _batched_gradients(self, outputs: Tensor, cotangents: Tensor, shared: Sequence[nn.Parameter]) -> tuple[Tensor | None, ...] | None:
-        """The vector-Jacobian products of all ``cotangents`` in one vmapped pass: per parameter
-        ``(len(cotangents), *parameter.shape)``, or None where no output depends on it.
-
-        None when the pass failed. A pass of several tasks that ran out of memory sets ``chunk`` to
-        half its tasks, for this and every later step, with a warning: the memory of a vmapped pass
-        grows with its tasks. If ``auto`` had already chosen ``batched``, its trial starts again,
-        since ``batched`` now runs otherwise than it was timed. When vmap cannot run the pass, or
-        in ``auto`` mode when a pass of one task ran out of memory, the engine uses ``loop`` for
-        the rest of the run (``loop`` holds one task's backward at a time, without vmap). A pass
-        of one task that runs out of memory in ``batched`` mode raises."""
-        try:
-            return batched_vector_jacobian_products(outputs, cotangents, shared)
-        except torch.OutOfMemoryError as error:
-            if len(cotangents) > 1:
-                self.chunk = halved_chunk(len(cotangents), error, "jacobian.mode=batched", "jacobian.chunk")
-                if self.automatic and self.mode == "batched":
-                    self.mode, self._trial = "auto", ModeTrial()
-                return None
-            if not self.automatic:
-                raise
-            self._fall_back(error)
-            return None
-        except RuntimeError as error:
-            self._fall_back(error)
-            return None
-
-    def _blockwise_direction(
-        self, method: GramianWeighting, losses: Tensor, backpropagated: tuple[Tensor, RepresentationGradients], shared: Sequence[nn.Parameter], averaging: Tensor | None
-    ) -> list[Tensor] | None:
-        """``batched`` mode's direction for a Gramian weighting when every task fits in one vmapped
-        pass: that pass returns the Jacobian as one block of columns per parameter, which the method
-        takes as they are (``GramianWeighting.combine_blocks``). They are never copied into the
-        ``(K, P)`` buffer, so the step holds one Jacobian instead of two. None when the pass failed
-        (``_batched_gradients``): the buffer is filled then, by ``loop`` or in chunks."""
-        outputs, cotangents = backpropagated
-        gradients = self._batched_gradients(outputs, grouped_cotangents(cotangents, averaging), shared)
-        if gradients is None:
-            return None
-        parts = iter(method.combine_blocks([gradient.flatten(start_dim=1) for gradient in gradients if gradient is not None], losses))
-        return [torch.zeros_like(parameter) if gradient is None else next(parts).view_as(parameter) for gradient, parameter in zip(gradients, shared)]
-
-    def _fall_back(self, error: RuntimeError) -> None:
-        warnings.warn(f"jacobian.mode=batched is not possible for this model ({first_line(error)}); using jacobian.mode=loop", RuntimeWarning, stacklevel=2)
-        self.mode = "loop"
-
-    def _representation_direction(
-        self,
-        method: GradientAggregator,
-        losses: Tensor,
-        backpropagated: tuple[Tensor, RepresentationGradients],
-        shared: Sequence[nn.Parameter],
-        averaging: Tensor | None,
-    ) -> list[Tensor]:
-        """MGDA-UB: aggregate ``Z (K, B·D)`` (grouped by ``averaging``) at the group ``losses``,
-        backpropagate the direction through the encoder once; one gradient per shared parameter
-        (``_direction``). A Gramian weighting of linear heads' gradients takes the Gramian and the
-        combination of their products."""
-        representation, cotangents = backpropagated
-        if isinstance(cotangents, LinearHeadGradients) and isinstance(method, GramianWeighting):
-            direction = linear_heads_direction(method, cotangents, losses, averaging).to(representation.dtype)
-        else:
-            rows = dense(cotangents).flatten(start_dim=1)
-            if averaging is not None:
-                rows = averaging @ rows
-            direction = method(rows, losses).view_as(representation)
-        return own_memory(torch.autograd.grad(representation, shared, grad_outputs=direction, retain_graph=True, allow_unused=True), shared)
+    def _jacobian_buffer(self, shared: Sequence[nn.Parameter]) -> Callable[[tuple[int, ...]], Tensor]:
+        """The reused ``(N, K, P)`` Jacobian buffer of a shape, like the shared parameters."""
+        return lambda shape: self._buffer("jacobian", shape, shared[0])
 
     def _identity(self, size: int, like: Tensor) -> Tensor:
         identity = self._buffers.get("identity")
@@ -505,86 +357,3 @@ class JacobianEngine:
         if buffer is None or buffer.shape != shape or buffer.dtype != like.dtype or buffer.device != like.device:
             buffer = self._buffers[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
         return buffer
-
-
-def linear_heads_direction(method: GramianWeighting, gradients: LinearHeadGradients, losses: Tensor, averaging: Tensor | None) -> Tensor:
-    """``method``'s direction ``Σ_c w_c Σ_k averaging[c, k] Z_k`` (``Σ_k w_k Z_k`` without groups) from
-    the Gramian of the products ``Z_k``, grouped as ``averaging Z Zᵀ averagingᵀ``."""
-    gramian = gradients.gramian()
-    if averaging is not None:
-        averaging = averaging.to(gramian.dtype)
-        gramian = averaging @ gramian @ averaging.T
-    weights = method.gramian_weights(gramian, losses)
-    task_weights = weights if averaging is None else averaging.T.double().cpu() @ weights
-    return gradients.combination(task_weights)
-
-
-def dense(gradients: RepresentationGradients) -> Tensor:
-    """The representation gradients ``(K, *z.shape)``: formed if they are held as products, stacked
-    if they are separate tensors."""
-    if isinstance(gradients, LinearHeadGradients):
-        return gradients.dense()
-    return torch.stack(gradients) if isinstance(gradients, tuple) else gradients
-
-
-def grouped_cotangents(cotangents: RepresentationGradients, averaging: Tensor | None) -> Tensor | tuple[Tensor, ...]:
-    """What the encoder part backpropagates: the representation gradients (separate tensors stay
-    so), or with ``averaging (C, K)`` their means over the groups of tasks ``(C, *z.shape)``."""
-    if averaging is None:
-        return cotangents if isinstance(cotangents, tuple) else dense(cotangents)
-    return torch.tensordot(averaging, dense(cotangents), dims=1)
-
-
-def grouped(losses: Tensor, averaging: Tensor | None) -> Tensor:
-    """The group losses ``(..., C)`` of task ``losses (..., K)`` (the losses themselves without groups)."""
-    return losses if averaging is None else losses @ averaging.T
-
-
-def numel(parameters: Sequence[nn.Parameter]) -> int:
-    """The number of entries of all ``parameters`` together."""
-    return sum(parameter.numel() for parameter in parameters)
-
-
-def scatter(gradients: Sequence[Tensor | None], parameters: Sequence[nn.Parameter], rows: Tensor) -> None:
-    """Copy per-parameter ``gradients`` (each ``(*batch, *parameter.shape)``) into the flat
-    ``rows (*batch, P)``; a gradient of None (unused parameter) writes zeros."""
-    offset = 0
-    for gradient, parameter in zip(gradients, parameters):
-        size = parameter.numel()
-        block = rows[..., offset : offset + size]
-        if gradient is None:
-            block.zero_()
-        else:
-            block.copy_(gradient.reshape(block.shape))
-        offset += size
-
-
-def own_memory(gradients: Sequence[Tensor | None], parameters: Sequence[nn.Parameter]) -> list[Tensor]:
-    """``gradients`` (from ``torch.autograd.grad``) as tensors the ``parameters`` may keep as
-    ``.grad`` and change in place (gradient clipping does): zeros for None (no loss reaches the
-    parameter), and a copy of a gradient that is not contiguous (autograd may return an expanded
-    one) or that shares memory with an earlier one (autograd may hand one tensor to several inputs)."""
-    owned, storages = [], set()
-    for gradient, parameter in zip(gradients, parameters):
-        if gradient is None:
-            gradient = torch.zeros_like(parameter)
-        elif not gradient.is_contiguous() or gradient.untyped_storage().data_ptr() in storages:
-            gradient = gradient.clone(memory_format=torch.contiguous_format)
-        storages.add(gradient.untyped_storage().data_ptr())
-        owned.append(gradient)
-    return owned
-
-
-def copy_rows(gradients: Sequence[Tensor | None], rows: Tensor) -> None:
-    """``rows[k] = gradients[k]``; a gradient of None (the loss does not reach it) writes zeros."""
-    for row, gradient in zip(rows, gradients):
-        if gradient is None:
-            row.zero_()
-        else:
-            row.copy_(gradient)
-
-
-def synchronize(device_of: Tensor) -> None:
-    """Wait for the device of ``device_of`` to finish its queued work (nothing to wait for on the CPU)."""
-    if device_of.is_cuda:
-        torch.cuda.synchronize(device_of.device)

@@ -137,3 +137,9 @@ def cluster_by_cosine(jacobian: Tensor, groups: int) -> Groups:
     for task, label in enumerate(labels):
         clusters.setdefault(int(label), []).append(task)
     return sorted(clusters.values(), key=lambda group: group[0])
+
+
+def grouped(losses: Tensor, averaging: Tensor | None) -> Tensor:
+    """The group losses ``(..., C)`` of task ``losses (..., K)`` by the averaging matrix ``(C, K)``
+    (the losses themselves without groups)."""
+    return losses if averaging is None else losses @ averaging.T

@@ -59,7 +59,7 @@ from torch import Tensor
 from torch.func import vmap
 
 from mtl.sam.base import Aggregate, Share, TaskLosses, TaskPerturbation, ascent
-from mtl.task_chunks import first_line, halved_chunk
+from mtl.task_chunks import TaskChunks, first_line
 
 NORMS = ("separate", "joint")
 COMBINES = ("sum", "direct")
@@ -97,7 +97,7 @@ class FlatMTL(TaskPerturbation):
         self.norm = norm
         self.combine = combine
         self.batched = batched
-        self.chunk = chunk
+        self.chunks = TaskChunks(chunk, "sam.batched=true", "sam.chunk")
 
     def step(
         self,
@@ -130,19 +130,20 @@ class FlatMTL(TaskPerturbation):
         return [models.looped(task) for task in range(models.count)]
 
     def _batched_gradients(self, models: PerturbedModels) -> list[TaskGradients]:
-        """The tasks' gradients in vmapped calls of ``chunk`` tasks. A call of several tasks that
-        runs out of memory sets ``chunk`` to half its tasks, for this and every later step, with a
-        warning, and runs again; a call of one task that runs out of memory raises."""
-        gradients: list[TaskGradients] = []
-        while len(gradients) < models.count:
-            tasks = range(len(gradients), min(len(gradients) + (self.chunk or models.count), models.count))
-            try:
-                gradients += models.batched(tasks)
-            except torch.OutOfMemoryError as error:
-                if len(tasks) == 1:
-                    raise
-                self.chunk = halved_chunk(len(tasks), error, "sam.batched=true", "sam.chunk")
+        """The tasks' gradients in vmapped calls of ``chunk`` tasks (``TaskChunks``: a call of
+        several tasks that runs out of memory halves the chunk, one of one task raises)."""
+        gradients: list[TaskGradients] = [([], [])] * models.count
+
+        def call(tasks: range) -> None:
+            gradients[tasks.start : tasks.stop] = models.batched(tasks)
+
+        self.chunks.run(models.count, call)
         return gradients
+
+    @property
+    def chunk(self) -> int | None:
+        """Tasks per batched call (``sam.chunk``; None: all)."""
+        return self.chunks.size
 
     def _perturbation(self, shared: Sequence[Tensor], head: Sequence[Tensor], shared_gradients: list[Tensor], head_gradients: list[Tensor]) -> list[Tensor]:
         """``(e, e')`` for the shared parameters then the head, normalized jointly or separately."""

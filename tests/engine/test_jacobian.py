@@ -13,9 +13,12 @@ import torch
 from torch import nn
 
 from mtl.build import build_datamodule_and_module
-from mtl.engine import MultiTaskModule, jacobian, jacobian_modes
+from mtl.engine import MultiTaskModule, jacobian
+from mtl.engine import modes as engine_modes
 from mtl.engine.jacobian import task_jacobian
-from mtl.engine.jacobian_modes import TRIAL_STEPS, JacobianEngine, ModeTrial, own_memory
+from mtl.engine.jacobian import own_memory
+from mtl.engine.jacobian_modes import JacobianEngine
+from mtl.engine.modes import TRIAL_STEPS, BatchedRows, LoopRows, ModeTrial
 from mtl.methods import GramianWeighting
 from mtl.methods.double_sampling import MoDo
 from mtl.methods.dual_cone import UPGrad
@@ -157,7 +160,7 @@ VMAPS = {"torch.func": jacobian.vmapped_products, "prototype": jacobian.prototyp
 @pytest.mark.parametrize("vmap", VMAPS)
 def test_both_vmaps_give_the_reference_jacobian(vmap, model_name, monkeypatch):
     # batched takes torch.func's vmap on CUDA and the prototype elsewhere; both on the CPU here
-    monkeypatch.setattr(jacobian_modes, "batched_vector_jacobian_products", VMAPS[vmap])
+    monkeypatch.setattr(engine_modes, "batched_vector_jacobian_products", VMAPS[vmap])
     model, data = make(model_name), batch(model_name)
     expected, _ = reference_jacobian(copy.deepcopy(model), data)
     engine = JacobianEngine("batched")
@@ -169,7 +172,7 @@ def test_both_vmaps_give_the_reference_jacobian(vmap, model_name, monkeypatch):
 
 @pytest.mark.parametrize("vmap", VMAPS)
 def test_both_vmaps_give_the_blocks_of_the_reference_direction_with_an_unused_parameter(vmap, monkeypatch):
-    monkeypatch.setattr(jacobian_modes, "batched_vector_jacobian_products", VMAPS[vmap])
+    monkeypatch.setattr(engine_modes, "batched_vector_jacobian_products", VMAPS[vmap])
     model, data = make("unused"), batch("unused")
     expected, losses = reference_jacobian(copy.deepcopy(model), data)
     engine = JacobianEngine("batched")
@@ -180,7 +183,7 @@ def test_both_vmaps_give_the_blocks_of_the_reference_direction_with_an_unused_pa
 
 
 def test_a_pass_that_torch_func_cannot_batch_falls_back_to_loop_with_its_reason(monkeypatch):
-    monkeypatch.setattr(jacobian_modes, "batched_vector_jacobian_products", jacobian.vmapped_products)
+    monkeypatch.setattr(engine_modes, "batched_vector_jacobian_products", jacobian.vmapped_products)
     model = HardParameterSharing(functools.partial(MLPWithoutBatchingRule, hidden=(4,)), MLPHead, TASKS, (1, 2, 2))
     data, engine = batch("dropout"), JacobianEngine("batched")
     expected, _ = reference_jacobian(model, data)
@@ -277,17 +280,17 @@ def slowed(work, seconds=0.1):  # far above the noise of a loaded 2-core machine
 
 
 @pytest.mark.parametrize("slow", ["loop", "batched"])
-def test_auto_times_whole_steps_of_each_mode_and_keeps_the_faster(slow, caplog):
+def test_auto_times_whole_steps_of_each_mode_and_keeps_the_faster(slow, caplog, monkeypatch):
     model, data = make("dropout"), batch("dropout")
     expected, _ = reference_jacobian(copy.deepcopy(model), data)
     engine, method = JacobianEngine("auto"), Recording(len(TASKS))
-    backward = "_fill_looped" if slow == "loop" else "_batched_gradients"
-    setattr(engine, backward, slowed(getattr(engine, backward)))
+    mode, backward = (LoopRows, "fill") if slow == "loop" else (BatchedRows, "products")
+    monkeypatch.setattr(mode, backward, slowed(getattr(mode, backward)))
     modes = []
     with caplog.at_level(logging.INFO, logger="mtl.engine.jacobian_modes"):
         peak_buffers = collections.defaultdict(set)
         for _ in range(2 * (TRIAL_STEPS + 1) + 2):
-            modes.append(engine._trial.mode if engine.mode == "auto" else engine.mode)
+            modes.append(engine.running_mode)
             write_gradients(engine, method, model, data)
             assert torch.allclose(method.jacobian, expected, atol=1e-6)
             peak_buffers[modes[-1]] |= {"jacobian"} & set(engine._buffers)
@@ -327,7 +330,7 @@ def test_the_blocks_fall_back_to_loop_without_a_batching_rule():
 def batched_passes_run_out_of_memory(monkeypatch, above=0, after=0):
     """Every vmapped pass of more than ``above`` tasks raises CUDA's out-of-memory error, once
     ``after`` of them have run."""
-    products = jacobian_modes.batched_vector_jacobian_products
+    products = engine_modes.batched_vector_jacobian_products
     large_passes = itertools.count()
 
     def limited(outputs, cotangents, inputs):
@@ -335,7 +338,7 @@ def batched_passes_run_out_of_memory(monkeypatch, above=0, after=0):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
         return products(outputs, cotangents, inputs)
 
-    monkeypatch.setattr(jacobian_modes, "batched_vector_jacobian_products", limited)
+    monkeypatch.setattr(engine_modes, "batched_vector_jacobian_products", limited)
 
 
 @pytest.mark.parametrize("mode", ["batched", "auto"])
@@ -350,7 +353,7 @@ def test_a_batched_pass_that_runs_out_of_memory_halves_the_chunk_and_runs_again(
     assert [str(warning.message) for warning in caught] == [
         "jacobian.mode=batched ran out of memory with 3 tasks in one call (CUDA out of memory. Tried to allocate 9.00 GiB); using jacobian.chunk=2"
     ]
-    assert engine.chunk == 2 and engine._exact_mode == "batched"
+    assert engine.chunk == 2 and engine.running_mode == "batched"
     assert torch.allclose(method.jacobian, expected, atol=1e-6)
     engine._buffers["jacobian"].fill_(float("nan"))  # the next step must fill every row again
     with warnings.catch_warnings():
@@ -365,7 +368,7 @@ def auto_modes(engine, method, model, data, steps):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         for _ in range(steps):
-            modes.append(engine._trial.mode if engine.mode == "auto" else engine.mode)
+            modes.append(engine.running_mode)
             write_gradients(engine, method, model, data)
     return modes
 
@@ -384,7 +387,7 @@ def test_auto_times_batched_again_in_the_chunks_it_halved_to(monkeypatch):
 def test_auto_runs_its_trial_again_when_the_batched_it_chose_runs_out_of_memory(monkeypatch):
     model, data = make("dropout"), batch("dropout")
     engine, method = JacobianEngine("auto"), Recording(len(TASKS))
-    engine._fill_looped = slowed(engine._fill_looped)  # so that auto chooses batched
+    monkeypatch.setattr(LoopRows, "fill", slowed(LoopRows.fill))  # so that auto chooses batched
     trial = 2 * (1 + TRIAL_STEPS)
     assert auto_modes(engine, method, model, data, trial) == ["batched"] * (1 + TRIAL_STEPS) + ["loop"] * (1 + TRIAL_STEPS)
     assert engine.mode == "batched"
