@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mtl.report import Group, epoch_series, find_runs, pareto_front, point_labels, report
+from mtl.report.cli import report
+from mtl.report.plots import pareto_front, point_labels
+from mtl.report.runs import Group, epoch_series, find_runs
 
 
 def make_run(
