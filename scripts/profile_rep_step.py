@@ -34,7 +34,7 @@ from mtl.engine.modes import dense
 from mtl.engine.linear_heads import LinearHeadGradients
 from mtl.methods import METHODS
 from mtl.methods.dual_cone import UPGrad
-from mtl.methods.mgda import CosineQuadraticForm
+from mtl.methods.solvers import CosineQuadraticForm
 from mtl.tasks import INPUT_KEY, task_losses
 
 METHOD_NAMES = ("mgda", "pcgrad", "cagrad", "nash_mtl", "imtl_g", "upgrad")

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from mtl.methods.base import GradientAggregator, register, row_inner_products
-from mtl.methods.simplex import project_onto_simplex
+from mtl.methods.solvers import project_onto_simplex
 
 SCALE_FLOOR = 1e-8
 """Added to SDMGrad's squared scale, as in the authors' code, so a zero Jacobian stays finite."""

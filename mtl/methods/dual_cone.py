@@ -15,7 +15,7 @@ vector ``Jᵀu`` onto it is ``Jᵀw`` with
 Both return the mean when no two rows conflict (every row is then in the dual cone), ``g`` for ``K``
 identical rows ``g``, and a zero row contributes nothing. The QP is solved exactly, in the variables
 ``|g_k| v_k`` so that its matrix is the matrix of cosines between the rows, with eigenvalues
-floored at ``1e-10`` of the largest (``mtl.methods.mgda.CosineQuadraticForm``): with that matrix
+floored at ``1e-10`` of the largest (``mtl.methods.solvers.CosineQuadraticForm``): with that matrix
 factored as ``RᵀR``, a QP under lower bounds is a non-negative least-squares problem, which scipy's
 ``nnls`` solves by the active-set method of Lawson and Hanson. ``<d, g_k> >= 0`` holds up to the
 relative ridge, also for norms 1e6 apart, duplicated rows and ``K > P``. There are no
@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from mtl.methods.base import GramianWeighting, register
-from mtl.methods.mgda import CosineQuadraticForm
+from mtl.methods.solvers import CosineQuadraticForm
 
 
 def dual_cone_projections(form: CosineQuadraticForm, preferences: Tensor) -> Tensor:

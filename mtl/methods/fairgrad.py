@@ -34,7 +34,7 @@ from scipy.optimize import least_squares
 from torch import Tensor
 
 from mtl.methods.base import GramianWeighting, register
-from mtl.methods.nash_mtl import clip_weights
+from mtl.methods.solvers import clip_weights
 
 
 @register("fairgrad")

@@ -19,12 +19,10 @@ normalizer the direction is the min-norm point of the normalized gradients (as L
 code instead applies ``w*`` to the raw losses.
 
 The paper solves the QP with Frank-Wolfe; here it is solved exactly with quadprog's dual active-set
-method, in the variables ``|g_k| w_k`` so that its matrix is the matrix of cosines between the
-rows (gradients whose norms differ by 1e6 weigh alike), scaled to unit largest eigenvalue and with
-eigenvalues floored at ``RIDGE = 1e-10`` so the solver always sees a positive definite matrix
-(duplicated rows, zero rows, ``K > P``): the objective is exact up to that relative ridge. Applied to the Jacobian of the shared
-parameters (the engine's), this is the paper's plain MGDA; its MGDA-UB variant is the same rule on
-the Jacobian of the shared representation.
+method, on the matrix of cosines between the rows made positive definite by a relative ridge of
+``1e-10`` (``mtl.methods.solvers.CosineQuadraticForm``): the objective is exact up to that ridge.
+Applied to the Jacobian of the shared parameters (the engine's), this is the paper's plain MGDA;
+its MGDA-UB variant is the same rule on the Jacobian of the shared representation.
 
 Cost per step: ``K`` backward passes for the Jacobian, the ``K x K`` Gramian (``O(K^2 P)``), and a
 ``K``-variable QP.
@@ -32,67 +30,13 @@ Cost per step: ``K`` backward passes for the Jacobian, the ``K x K`` Gramian (``
 
 from __future__ import annotations
 
-import numpy as np
-import quadprog
 import torch
-from scipy.optimize import nnls
 from torch import Tensor
 
 from mtl.methods.base import GramianWeighting, register
-
-RIDGE = 1e-10
-"""Floor on the eigenvalues of the QP matrix (cosines between the rows) scaled to unit largest eigenvalue."""
+from mtl.methods.solvers import minimize_quadratic_form
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
-
-
-def positive_definite(matrix: Tensor) -> np.ndarray:
-    """``matrix`` symmetrized and divided by its largest eigenvalue, eigenvalues floored at ``RIDGE`` (identity if zero)."""
-    eigenvalues, eigenvectors = torch.linalg.eigh((matrix + matrix.T) / 2)
-    largest = eigenvalues.max()
-    if not largest > 0:
-        return np.eye(len(matrix))
-    floored = (eigenvalues / largest).clamp(min=RIDGE)
-    result = (eigenvectors * floored) @ eigenvectors.T
-    return np.ascontiguousarray(((result + result.T) / 2).numpy())
-
-
-class CosineQuadraticForm:
-    """The quadratic form ``wᵀ gramian w`` in the variables ``x_k = |g_k| w_k``, whose matrix is the
-    matrix of cosines (rows of any norm weigh alike), made positive definite by
-    ``positive_definite``; prepared once for any number of minimizations (UPGrad solves ``K``).
-    Its Cholesky factor ``R`` (``matrix = RᵀR``) is computed once: quadprog is given ``R⁻¹``, so no
-    solve factors the matrix again, and the minimizations under lower bounds are least-squares
-    problems in ``R``."""
-
-    def __init__(self, gramian: Tensor) -> None:
-        norms = gramian.diagonal().clamp(min=0).sqrt()
-        self.norms = torch.where(norms > 0, norms, torch.ones_like(norms))
-        matrix = positive_definite(gramian / torch.outer(self.norms, self.norms))
-        self.factor = np.linalg.cholesky(matrix).T
-        self.dtype = gramian.dtype
-
-    def minimize(self, constraints: Tensor, bounds: Tensor, equalities: int = 0) -> Tensor:
-        """``argmin_w wᵀ gramian w`` subject to ``constraintsᵀ w >= bounds``, the first ``equalities``
-        as equalities; ``constraints`` is ``(K, M)``, ``bounds`` ``(M,)``. Solved with quadprog."""
-        scaled = np.ascontiguousarray((constraints / self.norms[:, None]).numpy())
-        inverse_factor = np.linalg.inv(self.factor)
-        solution = quadprog.solve_qp(inverse_factor, np.zeros(len(self.factor)), scaled, np.ascontiguousarray(bounds.numpy()), equalities, factorized=True)[0]
-        return torch.from_numpy(solution).to(self.dtype) / self.norms
-
-    def minimize_above(self, lower_bounds: Tensor) -> Tensor:
-        """``argmin_w wᵀ gramian w`` subject to ``w >= lower_bounds[r]``, for each row ``r`` of
-        ``lower_bounds (R, K)``: ``(R, K)``. With ``b = |g| lower_bounds[r]`` and ``x = b + s``, the
-        problem is ``min_{s >= 0} |R s + R b|²``, a non-negative least-squares problem solved
-        exactly by scipy's ``nnls`` (the active-set method of Lawson and Hanson, 1974, ch. 23)."""
-        shifts = (lower_bounds * self.norms).numpy()
-        solutions = [shift + nnls(self.factor, -self.factor @ shift)[0] for shift in shifts]
-        return torch.from_numpy(np.stack(solutions)).to(self.dtype) / self.norms
-
-
-def minimize_quadratic_form(gramian: Tensor, constraints: Tensor, bounds: Tensor, equalities: int = 0) -> Tensor:
-    """``argmin_w wᵀ gramian w`` subject to ``constraintsᵀ w >= bounds`` (``CosineQuadraticForm``)."""
-    return CosineQuadraticForm(gramian).minimize(constraints, bounds, equalities)
 
 
 def min_norm_weights(gramian: Tensor) -> Tensor:

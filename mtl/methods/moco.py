@@ -41,7 +41,7 @@ from torch import Tensor
 
 from mtl.methods.base import register
 from mtl.methods.task_state import TaskStateAggregator, decayed
-from mtl.methods.simplex import project_onto_simplex
+from mtl.methods.solvers import project_onto_simplex
 
 
 @register("moco")

@@ -43,6 +43,7 @@ from scipy.optimize import minimize, root
 from torch import Tensor
 
 from mtl.methods.base import GramianWeighting, register
+from mtl.methods.solvers import clip_weights
 
 LOG_BOUND = 50.0
 
@@ -109,11 +110,3 @@ def convex_solution(gramian: np.ndarray, start: np.ndarray) -> np.ndarray:
     if np.isfinite(polished).all() and np.abs(gradient(polished)).max() < np.abs(gradient(log_weights)).max():
         log_weights = polished
     return np.exp(np.clip(log_weights, -LOG_BOUND, LOG_BOUND))
-
-
-def clip_weights(weights: Tensor, gramian: Tensor, max_norm: float) -> Tensor:
-    """``weights`` scaled so that ``|weights @ G| = sqrt(wᵀ G Gᵀ w) ≤ max_norm`` (unchanged when ``max_norm ≤ 0``)."""
-    if max_norm <= 0:
-        return weights
-    norm = (weights @ gramian @ weights).clamp(min=0).sqrt()
-    return weights * (max_norm / norm).clamp(max=1.0) if norm > 0 else weights

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mtl.methods.dual_cone import dual_cone_projections
-from mtl.methods.mgda import CosineQuadraticForm
+from mtl.methods.solvers import CosineQuadraticForm
 from tests.methods.conftest import conflicting_jacobian, random_jacobian
 
 JACOBIANS = {

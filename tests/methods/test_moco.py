@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mtl.methods.moco import MoCo
-from mtl.methods.simplex import project_onto_simplex
+from mtl.methods.solvers import project_onto_simplex
 from tests.methods.conftest import conflicting_jacobian, random_jacobian
 
 
