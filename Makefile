@@ -1,5 +1,5 @@
 # make train  — train the default experiment (ARGS="data=multimnist model=lenet ..." for overrides)
-# make test   — run the test suite (PYTEST_ARGS="-k resume" to select)
+# make test   — lint (ruff, configured in pyproject.toml), then run the test suite (PYTEST_ARGS="-k resume" to select)
 # make reproduce-multimnist — every method × 3 seeds × sharpness none/fmtl on MultiMNIST built from
 #   ../shared/data/mnist, then the mtl-report table and Pareto plot (METHODS=..., SAMS=none,sam,fmtl,
 #   JOBS=2 for two runs at a time)
@@ -39,6 +39,7 @@ train: $(BIN)/.installed
 	$(BIN)/mtl-train $(ARGS)
 
 test: $(BIN)/.installed
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # JOBS runs at a time (joblib), one thread each: the runs are deterministic in their seed. A run

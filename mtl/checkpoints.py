@@ -100,7 +100,11 @@ def load_model_weights(model: torch.nn.Module, checkpoint: dict[str, Any], path:
     own = model.state_dict()
     problems = [f"{name} missing from the checkpoint" for name in own if name not in weights]
     problems += [f"{name} not in this model" for name in weights if name not in own]
-    problems += [f"{name} {tuple(weights[name].shape)} in the checkpoint, {tuple(tensor.shape)} here" for name, tensor in own.items() if name in weights and weights[name].shape != tensor.shape]
+    problems += [
+        f"{name} {tuple(weights[name].shape)} in the checkpoint, {tuple(tensor.shape)} here"
+        for name, tensor in own.items()
+        if name in weights and weights[name].shape != tensor.shape
+    ]
     if problems:
         raise CheckpointError(f"init_from={path} does not fit this model: {'; '.join(problems)}")
     model.load_state_dict(weights)

@@ -34,8 +34,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from step_timing import StepTimer, timing_trainer
-
+from bench_timing import StepTimer, timing_trainer
 from mtl.build import build_datamodule_and_module
 from mtl.methods.base import GradientAggregator
 from mtl.train import CONFIG_DIR

@@ -26,10 +26,9 @@ from pathlib import Path
 import torch
 
 import bench_peers
-from bench_rounds import interleaved_rounds
 from bench_setups import SETUPS
 from bench_steps import Step, mtl_step
-
+from bench_timing import interleaved_rounds
 from mtl.engine.host_memory import retain_freed_host_memory
 from mtl.methods import METHODS, GradientAggregator
 from mtl.task_chunks import first_line
@@ -104,7 +103,9 @@ def main() -> None:
             del steps  # before the next method's models and buffers
     args.out.parent.mkdir(parents=True, exist_ok=True)
     versions = {name: peer.label() for name, peer in peers.items() if not peer.missing}
-    args.out.write_text(json.dumps({"threads": args.threads, "torch": torch.__version__, "peers": versions, "rounds": args.rounds, "warmup": args.warmup, "results": results}, indent=1))
+    args.out.write_text(
+        json.dumps({"threads": args.threads, "torch": torch.__version__, "peers": versions, "rounds": args.rounds, "warmup": args.warmup, "results": results}, indent=1)
+    )
     print(f"{args.threads} threads, torch {torch.__version__}, {', '.join(versions.values()) or 'no peers'}; median of {args.rounds} interleaved rounds after {args.warmup}\n")
     print(table(results, list(peers)))
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from bench_rounds import interleaved_rounds
+from bench_timing import interleaved_rounds
 from mtl.engine.host_memory import retain_freed_host_memory
 from mtl.methods.base import row_inner_products
 

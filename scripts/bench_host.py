@@ -29,11 +29,10 @@ from unittest import mock
 
 import torch
 
-from bench_measure import step_timings
+import mtl.methods.base
 from bench_setups import SETUPS
 from bench_steps import mtl_step
-
-import mtl.methods.base
+from bench_timing import interleaved_rounds
 from mtl.engine.host_memory import retain_freed_host_memory
 from mtl.methods import METHODS
 
@@ -47,7 +46,7 @@ def median_step_ms(setup_name: str, method_name: str, mode: str | None, warmup: 
     batch = setup.batch(setup.batch_size, torch.device("cpu"))
     method = None if method_name == "ew" else METHODS[method_name](len(tasks))
     step, _ = mtl_step(model, tasks, method, mode or "ew", batch)
-    return 1e3 * statistics.median(step_timings(step, warmup, steps, torch.device("cpu")))
+    return 1e3 * statistics.median(interleaved_rounds({"step": step}, warmup, steps)["step"])
 
 
 def blas_pair(args: argparse.Namespace, method_name: str, mode: str | None) -> tuple[float, float]:
@@ -62,7 +61,8 @@ def memory_pair(args: argparse.Namespace, method_name: str, mode: str | None) ->
     """(off, on) of the retained host memory, each in a fresh process."""
     timings = []
     for retain in ("default", "retain"):
-        command = [sys.executable, __file__, "--child", retain, method_name, mode or "ew", "--setup", args.setup, "--warmup", str(args.warmup), "--steps", str(args.steps), "--threads", str(args.threads)]
+        options = ["--setup", args.setup, "--warmup", str(args.warmup), "--steps", str(args.steps), "--threads", str(args.threads)]
+        command = [sys.executable, __file__, "--child", retain, method_name, mode or "ew", *options]
         timings.append(float(subprocess.run(command, capture_output=True, text=True, check=True).stdout.split()[-1]))
     return timings[0], timings[1]
 

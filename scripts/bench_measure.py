@@ -30,7 +30,6 @@ import statistics
 import time
 import traceback
 import warnings
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 
@@ -40,6 +39,7 @@ import torch
 import bench_peers
 from bench_setups import SETUPS
 from bench_steps import FLAT, flat_mtl_step, mtl_step
+from bench_timing import interleaved_rounds
 from mtl.engine.host_memory import retain_freed_host_memory
 from mtl.methods import method_class
 from mtl.task_chunks import first_line
@@ -128,21 +128,6 @@ def prime(device: torch.device) -> None:
     square @ square
 
 
-def step_timings(step: Callable[[], None], warmup: int, steps: int, device: torch.device) -> list[float]:
-    """Seconds of each of ``steps`` steps after ``warmup`` untimed ones."""
-    synchronize = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        step()
-    timings = []
-    for _ in range(steps):
-        synchronize()
-        start = time.perf_counter()
-        step()
-        synchronize()
-        timings.append(time.perf_counter() - start)
-    return timings
-
-
 def measure(spec: Spec, fresh_process: bool = True) -> dict:
     """The measurement in this process: a record with ``status`` ``ok``, ``n/a`` (the combination
     cannot be built: the error says why) or ``failed`` (a step raised). CPU memory is measured only
@@ -177,7 +162,7 @@ def measure(spec: Spec, fresh_process: bool = True) -> dict:
                 method = method_class(spec.method)(len(tasks)).to(device) if spec.method != "ew" else None
                 step, details = mtl_step(model, tasks, method, spec.variant, batch, spec.chunk)
             stage = "step"
-            timings = step_timings(step, spec.warmup, spec.steps, device)
+            timings = interleaved_rounds({"step": step}, spec.warmup, spec.steps, device)["step"]
         record.update(median_seconds=statistics.median(timings), seconds=timings, peak_bytes=memory.peak_bytes(), **details())
         record["warnings"] = sorted({str(warning.message).splitlines()[0] for warning in caught})
     except Exception as error:  # noqa: BLE001 - every failure is reported, none stops the benchmark

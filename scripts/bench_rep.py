@@ -26,11 +26,10 @@ from unittest import mock
 
 import torch
 
-from bench_rounds import interleaved_rounds
+import mtl.engine.linear_heads
 from bench_setups import SETUPS
 from bench_steps import Step, mtl_step
-
-import mtl.engine.linear_heads
+from bench_timing import interleaved_rounds
 from mtl.engine.host_memory import retain_freed_host_memory
 from mtl.engine.jacobian_modes import JacobianEngine
 from mtl.methods import METHODS, GramianWeighting
@@ -120,7 +119,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="where to write every step's time (JSON)")
     parser.add_argument("--setups", nargs="+", default=["mlp-k10", "mlp-k40", "lenet-k2"], choices=sorted(SETUPS))
-    parser.add_argument("--methods", nargs="+", default=list(METHOD_NAMES), choices=sorted(name for name, method in METHODS.items() if issubclass(method, GramianWeighting)), metavar="METHOD")
+    parser.add_argument(
+        "--methods", nargs="+", default=list(METHOD_NAMES), choices=sorted(name for name, method in METHODS.items() if issubclass(method, GramianWeighting)), metavar="METHOD"
+    )
     parser.add_argument("--warmup", type=int, default=5, help="untimed rounds first")
     parser.add_argument("--rounds", type=int, default=40, help="timed rounds; the median is reported")
     parser.add_argument("--threads", type=int, default=2)

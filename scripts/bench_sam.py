@@ -32,8 +32,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from step_timing import StepTimer, timing_trainer
-
+from bench_timing import StepTimer, timing_trainer
 from mtl.engine import MultiTaskModule
 from mtl.methods.linear import LinearScalarization
 from mtl.methods.mgda import MGDA

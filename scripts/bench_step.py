@@ -87,10 +87,18 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES), help="how mtl gets the Jacobian of a gradient aggregator (default: all)")
     parser.add_argument(
-        "--peers", nargs="*", default=list(bench_peers.PEER_NAMES), choices=list(bench_peers.PEER_NAMES), help="peer libraries to run side by side (default: those installed; none with an empty list)"
+        "--peers",
+        nargs="*",
+        default=list(bench_peers.PEER_NAMES),
+        choices=list(bench_peers.PEER_NAMES),
+        help="peer libraries to run side by side (default: those installed; none with an empty list)",
     )
     parser.add_argument(
-        "--batch-size", nargs="+", default=[], metavar="[SETUP=]SIZE", help="batch size of every setup (64), or of one (resnet18-k40=64); default: each setup's own, see bench_setups.py"
+        "--batch-size",
+        nargs="+",
+        default=[],
+        metavar="[SETUP=]SIZE",
+        help="batch size of every setup (64), or of one (resnet18-k40=64); default: each setup's own, see bench_setups.py",
     )
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing (auto runs its trial steps in the first)")
     parser.add_argument("--steps", type=int, default=7, help="timed steps; the median is reported")
@@ -160,7 +168,9 @@ def plan(arguments: argparse.Namespace, peers: dict[str, bench_peers.Peer]) -> l
     """Every measurement to run (a Spec) or to report without running (a record: a peer lacks the method)."""
     items: list[Spec | dict] = []
     for setup in arguments.setups:
-        common = dict(batch_size=arguments.batch_sizes[setup], warmup=arguments.warmup, steps=arguments.steps, threads=arguments.threads, device=arguments.device, chunk=arguments.chunk)
+        common = dict(
+            batch_size=arguments.batch_sizes[setup], warmup=arguments.warmup, steps=arguments.steps, threads=arguments.threads, device=arguments.device, chunk=arguments.chunk
+        )
         items.append(Spec(setup, BASELINE, BASELINE, **common))
         for method in arguments.methods:
             for variant in variants(method, arguments.modes, peers):
@@ -281,7 +291,9 @@ def report(result: dict) -> str:
     columns = [column for column in columns if any(record["variant"] == column for record in records)]
     footnotes = Footnotes()
     time_table = table(records, columns, footnotes, "time_ratio", "EW step (ms)", lambda baseline: f"{baseline['median_seconds'] * 1e3:.1f}", auto=True)
-    memory_table = table(records, columns, footnotes, "memory_ratio", "EW peak (MiB)", lambda baseline: f"{baseline['peak_bytes'] / 2**20:.0f}" if baseline.get("peak_bytes") is not None else "n/a")
+    memory_table = table(
+        records, columns, footnotes, "memory_ratio", "EW peak (MiB)", lambda baseline: f"{baseline['peak_bytes'] / 2**20:.0f}" if baseline.get("peak_bytes") is not None else "n/a"
+    )
     peers = ", ".join(result["peers"].values()) or "none"
     incomplete = [] if result.get("complete", True) else [f"Incomplete run: {len(records)} measurements before it stopped.", ""]
     lines = [
@@ -299,11 +311,13 @@ def report(result: dict) -> str:
         memory_table,
     ]
     notes = [f"- peer {name} skipped: {reason}" for name, reason in result["skipped_peers"].items()]
-    notes += [f"- {name}, {method}: {note}" for name, peer_notes in result["peer_notes"].items() for method, note in peer_notes.items() if any(r["method"] == method for r in records)]
+    notes += [
+        f"- {name}, {method}: {note}" for name, peer_notes in result["peer_notes"].items() for method, note in peer_notes.items() if any(r["method"] == method for r in records)
+    ]
     if any(record["method"] == FLAT for record in records):
         notes.append(
-            f"- {FLAT}: F-MTL (Phan et al. 2022) over EW with the paper's defaults (rho 2, adaptive): K clean task gradients through the whole model, "
-            "then K perturbed passes, one by one (loop) or in one vmapped call (batched, sam.batched=true)"
+            f"- {FLAT}: F-MTL (Phan et al. 2022) over EW with the paper's defaults (rho 2, adaptive): K clean task gradients "
+            "(the engine's jacobian.mode=loop), then K perturbed passes, one by one (loop) or in one vmapped call (batched, sam.batched=true)"
         )
     notes += [f"- {line}" for line in footnotes.lines()]
     if notes:

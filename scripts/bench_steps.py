@@ -13,8 +13,8 @@ over the model's and the method's parameters), ``after_update``. The variants:
   ``method.objective(losses)``, and for methods that need them (FAMO) the losses recomputed after
   the optimizer step.
 - F-MTL over EW (method ``fmtl``, ``mtl.sam.fmtl.FlatMTL`` with the paper's defaults): the
-  training step of ``sam=fmtl method=ew``, its K perturbed passes one by one (variant ``loop``) or
-  in one vmapped call (``batched``, ``sam.batched=true``).
+  training step of ``sam=fmtl method=ew jacobian.mode=loop``, its K perturbed passes one by one
+  (variant ``loop``) or in one vmapped call (``batched``, ``sam.batched=true``).
 """
 
 from __future__ import annotations
@@ -117,7 +117,9 @@ def flat_mtl_step(model: nn.Module, tasks: list[Task], variant: str, batch: Mapp
     if variant not in FLAT_VARIANTS:
         raise ValueError(f"F-MTL runs its perturbed passes in one of {list(FLAT_VARIANTS)}, not '{variant}'")
     sharpness = FlatMTL(batched=variant == "batched")
-    return training_step(MultiTaskStep(model, tasks, LinearScalarization(len(tasks)), sharpness=sharpness), batch)
+    # loop: the clean task gradients by K backward passes through the encoder, in every step (auto's trial would time a mix)
+    step = MultiTaskStep(model, tasks, LinearScalarization(len(tasks)), JacobianEngine("loop"), sharpness=sharpness)
+    return training_step(step, batch)
 
 
 def training_step(step: MultiTaskStep, batch: Mapping[str, Tensor]) -> Step:

@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 
 from bench_measure import PeakMemory
-from bench_rounds import interleaved_rounds
 from bench_setups import SETUPS
 from bench_step import batch_sizes
+from bench_timing import interleaved_rounds
 from mtl.engine.jacobian import prototype_batched_products, vmapped_products
 from mtl.tasks import INPUT_KEY
 

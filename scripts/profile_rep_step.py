@@ -24,14 +24,13 @@ import statistics
 
 import torch
 
-from bench_measure import step_timings
 from bench_setups import SETUPS
 from bench_steps import mtl_step
-
+from bench_timing import interleaved_rounds
 from mtl.engine.host_memory import retain_freed_host_memory
 from mtl.engine.jacobian_modes import JacobianEngine
-from mtl.engine.modes import dense
 from mtl.engine.linear_heads import LinearHeadGradients
+from mtl.engine.modes import dense
 from mtl.methods import METHODS
 from mtl.methods.dual_cone import UPGrad
 from mtl.methods.solvers import CosineQuadraticForm
@@ -41,7 +40,7 @@ METHOD_NAMES = ("mgda", "pcgrad", "cagrad", "nash_mtl", "imtl_g", "upgrad")
 
 
 def median_ms(work, warmup: int, steps: int) -> float:
-    return 1e3 * statistics.median(step_timings(work, warmup, steps, torch.device("cpu")))
+    return 1e3 * statistics.median(interleaved_rounds({"step": work}, warmup, steps)["step"])
 
 
 def upgrad_weights_by_quadprog(gramian: torch.Tensor) -> torch.Tensor:

@@ -177,7 +177,9 @@ def write_metrics_csv(run: Path, rows: list[dict]) -> None:
 
 def test_curves_read_each_epoch_from_the_csv_logs_and_are_plotted(sweep, tmp_path):
     # Lightning writes one row per logging call: step rows leave the epoch metrics empty.
-    write_metrics_csv(sweep / "0", [{"epoch": 0, "step": 4}, {"epoch": 0, "step": 9, "val/mean/accuracy": 0.5}, {"epoch": 1, "step": 19, "val/mean/accuracy": 0.7, "train/mean/loss": 1.2}])
+    write_metrics_csv(
+        sweep / "0", [{"epoch": 0, "step": 4}, {"epoch": 0, "step": 9, "val/mean/accuracy": 0.5}, {"epoch": 1, "step": 19, "val/mean/accuracy": 0.7, "train/mean/loss": 1.2}]
+    )
     runs = {run.path.name: run for run in find_runs(sweep)}
     assert epoch_series(runs["0"], "val/mean/accuracy") == {0: 0.5, 1: 0.7}
     assert epoch_series(runs["0"], "train/mean/loss") == {1: 1.2}

@@ -58,7 +58,10 @@ def compose_pairs(
         raise ValueError(f"canvas_size {canvas_size} is smaller than a digit ({height}x{width})")
     top, left_edge = (canvas_size - height, canvas_size - width) if right_offset is None else (right_offset, right_offset)
     if not (0 <= top <= canvas_size - height and 0 <= left_edge <= canvas_size - width):
-        raise ValueError(f"right_offset {right_offset} puts the right digit ({height}x{width}) outside the {canvas_size}x{canvas_size} canvas; valid offsets: 0 to {canvas_size - max(height, width)}")
+        raise ValueError(
+            f"right_offset {right_offset} puts the right digit ({height}x{width}) outside the {canvas_size}x{canvas_size} canvas; "
+            f"valid offsets: 0 to {canvas_size - max(height, width)}"
+        )
     left = pool.repeat(pairs_per_digit)
     # A uniform offset in 1..len(pool)-1 picks any other member of the pool, never the digit itself.
     position = torch.arange(len(pool)).repeat(pairs_per_digit)

@@ -65,7 +65,10 @@ def check_task_groups(jacobian: JacobianEngine, task_names: Sequence[str], metho
     if jacobian.groups.spec is None:
         return
     if not isinstance(method, GradientAggregator):
-        raise ValueError(f"jacobian.groups groups the rows of the task Jacobian, which the loss weighting {type(method).__name__} never builds; use a gradient aggregator or jacobian.groups=null")
+        raise ValueError(
+            f"jacobian.groups groups the rows of the task Jacobian, which the loss weighting {type(method).__name__} never builds; "
+            "use a gradient aggregator or jacobian.groups=null"
+        )
     if isinstance(sam, TaskPerturbation):
         raise ValueError(f"jacobian.groups cannot be used with sam={type(sam).__name__}, which perturbs the weights task by task; use sam=sam, asam, gsam or none")
     if method.num_tasks != rows:

@@ -47,8 +47,8 @@ import contextlib
 import logging
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import TypeVar
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -277,6 +277,21 @@ class JacobianEngine:
         backpropagated, _ = self.backward_through_heads(separate if separate is not None else losses, losses, representations, heads=())
         self._fill_jacobians(buffer, backpropagated, shared)
         return buffer
+
+    def task_gradients(
+        self, losses: Sequence[Tensor], representation: Representation | None, shared: Sequence[nn.Parameter], heads: Sequence[Sequence[nn.Parameter]]
+    ) -> tuple[Tensor, list[list[Tensor]]]:
+        """Every task's gradients of one sample, from its ``K`` separate ``losses``: the Jacobian
+        ``(K, P)`` of the shared parameters (a view of the reused buffer) and task ``k``'s gradients
+        on ``heads[k]``, its own head (zeros where its loss does not reach). Run by the engine's
+        mode (timed by ``auto``'s trial); the graph is kept."""
+        flat_heads = [parameter for head in heads for parameter in head]
+        with self._step(shared[0]):
+            backpropagated, own_gradients = self.backward_through_heads([losses], torch.stack(list(losses))[None], [representation], flat_heads)
+            jacobian = self._jacobian_buffer(shared)((1, len(losses), numel(shared)))
+            self._fill_jacobians(jacobian, backpropagated, shared)
+        gradients = iter(own_memory(own_gradients, flat_heads))
+        return jacobian[0], [[next(gradients) for _ in head] for head in heads]
 
     def backward_through_heads(
         self, separate: Sequence[Sequence[Tensor]], losses: Tensor, representations: Sequence[Representation | None], heads: Sequence[nn.Parameter]

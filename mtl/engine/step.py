@@ -37,7 +37,7 @@ from mtl.engine.distributed import GradientSync
 from mtl.engine.jacobian import set_gradient, task_jacobian
 from mtl.engine.jacobian_modes import JacobianEngine
 from mtl.methods.base import GradientAggregator, LossWeighting, Method
-from mtl.sam.base import Aggregate, RandomState, Sharpness, TaskLosses, TaskPerturbation
+from mtl.sam.base import Aggregate, CleanGradients, RandomState, Sharpness, TaskLosses, TaskPerturbation
 from mtl.tasks import Task, model_input, split_batch, stack_losses, task_losses
 
 Backward = Callable[[Tensor], None]
@@ -157,32 +157,26 @@ class MultiTaskStep:
         return self._write_gradients(batch)
 
     def _write_flat_gradients(self, batch: Mapping[str, Tensor]) -> Tensor:
-        """F-MTL: the clean pass here, the per-task perturbed passes in ``self.sharpness`` (which
-        evaluates the model functionally, at copies of its weights and buffers, unrecorded); the
-        shared parameters take its direction and each head its own perturbed gradient (times the
-        task's weight under a loss weighting, as in the plain step).
+        """F-MTL: the clean pass here, its task gradients from the Jacobian engine; the per-task
+        perturbed passes in ``self.sharpness`` (which evaluates the model functionally, at copies of
+        its weights and buffers, unrecorded); the shared parameters take its direction and each
+        head its own perturbed gradient (times the task's weight under a loss weighting, as in the
+        plain step).
 
         With several processes, ``exact`` sync averages the clean and the perturbed task gradients
         over the processes (so every perturbation is the single-process one); ``local`` averages
         the final gradients."""
         randomness = RandomState.capture(model_input(batch).device)  # the perturbed passes replay the clean pass's draws
-        predictions = self.model(model_input(batch))
-        separate = task_losses(self.tasks, predictions, batch)
-        losses = torch.stack(separate)
-        self.record(predictions, batch, losses)
-        size = len(model_input(batch))
-        global_losses = self._global(losses, batch)
-        # each task's own loss (its gradient runs its own head alone), with the global value
-        global_separate = [loss + (value - loss).detach() for loss, value in zip(separate, global_losses.detach())]
         shared = trained(self.model.shared_parameters())
         heads = [trained(self.model.task_parameters(task.name)) for task in self.tasks]
-        aggregate, head_weights = self._task_combination(global_losses, batch)
+        losses, global_losses, clean, (aggregate, head_weights) = self._clean_pass(batch, shared, heads)
+        size = len(model_input(batch))
 
         def share(gradients: Sequence[Tensor]) -> list[Tensor]:
             return self.sync.average(gradients, size) if self.sync.exact else list(gradients)
 
         losses_at = TaskLosses(self.model, model_input(batch), lambda outputs: task_losses(self.tasks, outputs, batch), randomness)
-        direction, head_gradients = self.sharpness.step(global_separate, losses_at, shared, heads, aggregate, share)
+        direction, head_gradients = self.sharpness.step(clean, global_losses, losses_at, shared, heads, aggregate, share)
         set_gradient(shared, direction)
         for weight, head, gradients in zip(head_weights, heads, head_gradients):
             for parameter, gradient in zip(head, gradients):
@@ -190,6 +184,22 @@ class MultiTaskStep:
         if not self.sync.exact:
             self._average_gradients(size)
         return losses
+
+    def _clean_pass(
+        self, batch: Mapping[str, Tensor], shared: Sequence[nn.Parameter], heads: Sequence[Sequence[nn.Parameter]]
+    ) -> tuple[Tensor, Tensor, CleanGradients, tuple[Aggregate, Tensor]]:
+        """F-MTL's pass at ``w``, recorded: the task losses and their global values (detached), the
+        task gradients from the Jacobian engine, and the task combination (``_task_combination``).
+        Its graph ends here, so the perturbed passes do not hold its activations."""
+        representation, predictions = self.engine.forward(self.model, model_input(batch), [task.name for task in self.tasks])
+        separate = task_losses(self.tasks, predictions, batch)
+        losses = torch.stack(separate)
+        self.record(predictions, batch, losses)
+        global_losses = self._global(losses, batch)
+        # each task's own loss (its gradient runs its own head alone), with the global value
+        global_separate = [loss + (value - loss).detach() for loss, value in zip(separate, global_losses.detach())]
+        clean = self.engine.task_gradients(global_separate, representation, shared, heads)
+        return losses.detach(), global_losses.detach(), clean, self._task_combination(global_losses, batch)
 
     def _average_gradients(self, batch_size: int) -> None:
         """Replace every ``.grad`` by its average over the processes, in one all-reduce."""

@@ -40,8 +40,8 @@ import torch
 from torch import Tensor
 
 from mtl.methods.base import register
-from mtl.methods.task_state import TaskStateAggregator, decayed
 from mtl.methods.solvers import project_onto_simplex
+from mtl.methods.task_state import TaskStateAggregator, decayed
 
 
 @register("moco")

@@ -37,6 +37,10 @@ writes the step's update into the empty ``.grad`` of the parameters."""
 Aggregate = Callable[[Tensor, Tensor], Tensor]
 """Task gradients ``(K, P)`` and losses ``(K,)`` in, one direction ``(P,)`` out: the run's method."""
 
+CleanGradients = tuple[Tensor, list[list[Tensor]]]
+"""The task gradients of a clean pass: the Jacobian ``(K, P)`` of the shared parameters (from the
+Jacobian engine) and, per task, its gradients on its own head's parameters."""
+
 Share = Callable[[Sequence[Tensor]], list[Tensor]]
 """Gradients in, the same gradients averaged over the processes of a distributed run out (the
 gradients themselves with one process): ``mtl.engine.distributed.GradientSync.average``."""
@@ -117,7 +121,8 @@ class TaskPerturbation(ABC):
     @abstractmethod
     def step(
         self,
-        losses: Sequence[Tensor],
+        clean: CleanGradients,
+        losses: Tensor,
         task_losses: TaskLosses,
         shared: Sequence[Tensor],
         heads: Sequence[Sequence[Tensor]],
@@ -125,11 +130,13 @@ class TaskPerturbation(ABC):
         share: Share = list,
     ) -> tuple[Tensor, list[list[Tensor]]]:
         """The shared update ``(P,)`` (flattened in the order of ``shared``) and each head's
-        gradients, from the task ``losses`` at ``w`` (``K`` scalars with their graph) and ``task_losses``,
-        which recomputes them at other weights; ``shared`` and ``heads[k]`` (task ``k``'s own
-        parameters) are parameters of ``task_losses.model``. Every task gradient computed here
-        passes through ``share`` before it is used. The model's parameters and buffers (BatchNorm
-        statistics) are left as they were; ``.grad`` is not touched."""
+        gradients, from the task gradients at ``w`` (``clean``: the Jacobian ``(K, P)`` of the
+        shared parameters and each task's gradients on its own head), the task ``losses (K,)`` at
+        ``w`` and ``task_losses``, which recomputes them at other weights; ``shared`` and
+        ``heads[k]`` (task ``k``'s own parameters) are parameters of ``task_losses.model``. Every
+        task gradient, given or computed here, passes through ``share`` before it is used. The
+        model's parameters and buffers (BatchNorm statistics) are left as they were; ``.grad`` is
+        not touched."""
 
 
 Sharpness = WeightPerturbation | TaskPerturbation

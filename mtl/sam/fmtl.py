@@ -3,7 +3,8 @@
 Phan, Tran, Tran, Tran, Truong, Lei, Ho, Phung, Le, 2022, arXiv:2211.13723 (Algorithm 1).
 
 Each task seeks a flat region of its own loss over the shared parameters ``θ`` and its head
-``φ_k``. With ``g_k = ∇_θ L_k(θ, φ_k)`` from one clean pass::
+``φ_k``. With ``g_k = ∇_θ L_k(θ, φ_k)`` and ``∇_φk L_k`` from one clean pass (the step's Jacobian
+engine computes them, so ``jacobian.mode`` and ``jacobian.chunk`` apply to it)::
 
     for each task k:
         (e_k, e'_k) = rho-ascent step along (∇_θ L_k, ∇_φk L_k)        SAM or ASAM, see `norm`
@@ -28,9 +29,11 @@ norm of the script they follow (``fmtl_norm``).
 
 Defaults, from the paper's code: ``rho = 2.0`` and ``adaptive = True`` (MultiMNIST, NYUv2 and
 CelebA scripts; the Cityscapes launch script runs ``rho = 0``, ``adaptive = False``). Cost per
-step: one forward and K backward passes for the clean task gradients, then K perturbed forward and
-K backward passes (1 + K forwards, 2K backwards), and two aggregations. Memory: the clean and the
-perturbed task gradients, each held once as the rows of a ``(K, P)`` Jacobian (``as_jacobian``).
+step: one forward pass, one backward pass through the heads and K through the shared parameters
+(one vmapped call in ``jacobian.mode=batched``) for the clean task gradients, then K perturbed
+forward and K backward passes, and two aggregations. Memory: the clean and the perturbed task
+gradients, each held once as the rows of a ``(K, P)`` Jacobian (the engine's buffer; ``as_jacobian``);
+the clean pass's graph is let go before the perturbed passes.
 
 The K perturbed passes are independent. With ``batched`` they run as one call per ``chunk`` tasks
 (all K when ``chunk`` is None): the perturbed weights of the tasks are stacked and the model is
@@ -58,7 +61,7 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from mtl.sam.base import Aggregate, Share, TaskLosses, TaskPerturbation, ascent
+from mtl.sam.base import Aggregate, CleanGradients, Share, TaskLosses, TaskPerturbation, ascent
 from mtl.task_chunks import TaskChunks, first_line
 
 NORMS = ("separate", "joint")
@@ -101,7 +104,8 @@ class FlatMTL(TaskPerturbation):
 
     def step(
         self,
-        losses: Sequence[Tensor],
+        clean: CleanGradients,
+        losses: Tensor,
         task_losses: TaskLosses,
         shared: Sequence[Tensor],
         heads: Sequence[Sequence[Tensor]],
@@ -110,11 +114,12 @@ class FlatMTL(TaskPerturbation):
     ) -> tuple[Tensor, list[list[Tensor]]]:
         if len(heads) != len(losses):
             raise ValueError(f"F-MTL got {len(losses)} task losses but {len(heads)} heads")
-        clean = [task_gradients(loss, shared, head, retain_graph=index < len(losses) - 1) for index, (loss, head) in enumerate(zip(losses, heads))]
-        clean_jacobian, clean = as_jacobian(shared_task_gradients(clean, share), shared)
-        models = PerturbedModels(task_losses, shared, heads, lambda task: self._perturbation(shared, heads[task], *clean[task]))
+        clean_jacobian, clean_heads = shared_clean_gradients(clean, share)
+        sizes = [parameter.numel() for parameter in shared]
+        clean_shared = [[part.view_as(parameter) for part, parameter in zip(row.split(sizes), shared)] for row in clean_jacobian]
+        models = PerturbedModels(task_losses, shared, heads, lambda task: self._perturbation(shared, heads[task], clean_shared[task], clean_heads[task]))
         perturbed_jacobian, perturbed = as_jacobian(shared_task_gradients(self._perturbed_gradients(models), share), shared)
-        direction = self._direction(clean_jacobian, perturbed_jacobian, torch.stack(list(losses)).detach(), aggregate)
+        direction = self._direction(clean_jacobian, perturbed_jacobian, losses.detach(), aggregate)
         return direction, [head_gradients for _, head_gradients in perturbed]
 
     def _perturbed_gradients(self, models: PerturbedModels) -> list[TaskGradients]:
@@ -224,10 +229,12 @@ def gradients(loss: Tensor, inputs: Sequence[Tensor], retain_graph: bool = False
     return [torch.zeros_like(tensor) if gradient is None else gradient for tensor, gradient in zip(inputs, found)]
 
 
-def task_gradients(loss: Tensor, shared: Sequence[Tensor], head: Sequence[Tensor], retain_graph: bool) -> tuple[list[Tensor], list[Tensor]]:
-    """``(∇_θ loss, ∇_φ loss)``; zeros for a parameter the loss does not reach."""
-    filled = gradients(loss, [*shared, *head], retain_graph)
-    return filled[: len(shared)], filled[len(shared) :]
+def shared_clean_gradients(clean: CleanGradients, share: Share) -> CleanGradients:
+    """The clean Jacobian and head gradients passed through ``share`` together (one all-reduce)."""
+    jacobian, heads = clean
+    shared = share([jacobian, *(gradient for head in heads for gradient in head)])
+    rest = iter(shared[1:])
+    return shared[0], [[next(rest) for _ in head] for head in heads]
 
 
 def shared_task_gradients(gradients: list[tuple[list[Tensor], list[Tensor]]], share: Share) -> list[tuple[list[Tensor], list[Tensor]]]:

@@ -15,9 +15,9 @@ from pytorch_lightning.plugins.environments import LightningEnvironment
 from pytorch_lightning.strategies import DDPStrategy, FSDPStrategy
 
 from mtl.build import build_datamodule_and_module
+from mtl.engine.checks import check_sharpness, check_strategy
 from mtl.engine.distributed import GradientSync
 from mtl.engine.jacobian_modes import JacobianEngine
-from mtl.engine.checks import check_sharpness, check_strategy
 from mtl.methods.linear import LinearScalarization
 from mtl.methods.mgda import MGDA
 from mtl.sam import GSAM

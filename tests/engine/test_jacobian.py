@@ -15,8 +15,7 @@ from torch import nn
 from mtl.build import build_datamodule_and_module
 from mtl.engine import MultiTaskModule, jacobian
 from mtl.engine import modes as engine_modes
-from mtl.engine.jacobian import task_jacobian
-from mtl.engine.jacobian import own_memory
+from mtl.engine.jacobian import own_memory, task_jacobian
 from mtl.engine.jacobian_modes import JacobianEngine
 from mtl.engine.modes import TRIAL_STEPS, BatchedRows, LoopRows, ModeTrial
 from mtl.methods import GramianWeighting
@@ -452,8 +451,8 @@ def test_independent_samples_each_get_their_own_jacobian(mode):
         losses.append(stack_losses(TASKS, predictions, part))
     jacobians = engine.jacobians(torch.stack(losses), representations, shared(model))
     assert jacobians.shape == (3, len(TASKS), expected[0].shape[1])
-    for jacobian, target in zip(jacobians, expected):
-        assert torch.allclose(jacobian, target, atol=1e-6)
+    for rows, target in zip(jacobians, expected):
+        assert torch.allclose(rows, target, atol=1e-6)
 
 
 class MeanOfRows(GramianWeighting):
@@ -542,7 +541,12 @@ def test_a_double_sampling_step_gives_the_reference_step(mode):
     sizes = [p.numel() for p in reference.shared_parameters()]
     shared_expected = [p.detach() - LR * d.view_as(p) for p, d in zip(reference.shared_parameters(), direction.split(sizes))]
     heads_expected = {
-        task.name: [p.detach() - LR * g / 3 for p, g in zip(reference.task_parameters(task.name), torch.autograd.grad(sum(loss[k] for loss in losses), list(reference.task_parameters(task.name)), retain_graph=True))]
+        task.name: [
+            p.detach() - LR * g / 3
+            for p, g in zip(
+                reference.task_parameters(task.name), torch.autograd.grad(sum(loss[k] for loss in losses), list(reference.task_parameters(task.name)), retain_graph=True)
+            )
+        ]
         for k, task in enumerate(TASKS)
     }
     one_training_step(module, data)

@@ -38,7 +38,17 @@ def flat_step(fmtl, model, tasks, aggregate, data=None):
     randomness = RandomState.capture(data["input"].device)
     losses = separate_losses(tasks, model(data["input"]), data)
     task_losses = TaskLosses(model, data["input"], lambda predictions: separate_losses(tasks, predictions, data), randomness)
-    return fmtl.step(losses, task_losses, shared, heads, aggregate)
+    return fmtl.step(clean_gradients(losses, shared, heads), torch.stack(losses).detach(), task_losses, shared, heads, aggregate)
+
+
+def clean_gradients(losses, shared, heads):
+    """The reference clean pass: each task's gradients on the shared parameters (as Jacobian rows) and its head."""
+    rows, head_gradients = [], []
+    for loss, head in zip(losses, heads):
+        gradients = torch.autograd.grad(loss, [*shared, *head], retain_graph=True)
+        rows.append(torch.cat([gradient.reshape(-1) for gradient in gradients[: len(shared)]]))
+        head_gradients.append(list(gradients[len(shared) :]))
+    return torch.stack(rows), head_gradients
 
 
 def equal_weighting(jacobian, losses):
