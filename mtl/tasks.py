@@ -15,8 +15,8 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC
 
 INPUT_KEY = "input"
 """Batch key of the model input; every other key of a batch is a task target."""
@@ -69,13 +69,16 @@ class Task(ABC):
 
 
 class ClassificationTask(Task):
-    """Single-label classification over ``num_classes`` classes: cross-entropy and accuracy."""
+    """Single-label classification over ``num_classes`` classes: cross-entropy and accuracy, and with
+    ``auroc`` the area under the ROC curve (one-vs-rest, macro-averaged; for two classes the AUC of
+    the positive class, as the census tasks of the MMoE line of work report it)."""
 
-    def __init__(self, name: str, num_classes: int, target: str | None = None) -> None:
+    def __init__(self, name: str, num_classes: int, target: str | None = None, auroc: bool = False) -> None:
         super().__init__(name, target)
         if num_classes < 2:
             raise ValueError(f"task '{name}': num_classes must be at least 2, got {num_classes}")
         self.num_outputs = num_classes
+        self.auroc = auroc
 
     def loss(self, prediction: Tensor, target: Tensor) -> Tensor:
         """Mean cross-entropy over the samples that have a label (0 when none has)."""
@@ -84,9 +87,28 @@ class ClassificationTask(Task):
         return summed / labelled
 
     def metrics(self) -> MetricCollection:
-        return MetricCollection(
-            {"accuracy": MulticlassAccuracy(self.num_outputs, average="micro", ignore_index=IGNORE_INDEX)}
-        )
+        metrics = {"accuracy": MulticlassAccuracy(self.num_outputs, average="micro", ignore_index=IGNORE_INDEX)}
+        if self.auroc:
+            metrics["auroc"] = MulticlassAUROC(self.num_outputs, ignore_index=IGNORE_INDEX)
+        return MetricCollection(metrics)
+
+
+class RegressionTask(Task):
+    """Real-valued targets ``(B, num_outputs)``: mean squared error as the loss, MSE and MAE as the
+    metrics (lower is better). Every sample needs its label (no missing-label mask)."""
+
+    def __init__(self, name: str, num_outputs: int = 1, target: str | None = None) -> None:
+        super().__init__(name, target)
+        if num_outputs < 1:
+            raise ValueError(f"task '{name}': num_outputs must be at least 1, got {num_outputs}")
+        self.num_outputs = num_outputs
+
+    def loss(self, prediction: Tensor, target: Tensor) -> Tensor:
+        """Mean squared error over samples and outputs."""
+        return F.mse_loss(prediction, target)
+
+    def metrics(self) -> MetricCollection:
+        return MetricCollection({"mse": MeanSquaredError(), "mae": MeanAbsoluteError()})
 
 
 def task_losses(tasks: list[Task], predictions: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> list[Tensor]:

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, open_dict
 from mtl.train import CONFIG_DIR
 
 SHARED_MNIST = Path(os.environ.get("MTL_SHARED_MNIST", Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"))
+SHARED_ADULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "adult"
 
 TINY = [
     "data.pairs_per_digit={train: 2, val: 1, test: 1}",

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from mtl.build import build_datamodule_and_module, build_trainer
 from mtl.train import CONFIG_DIR
-from tests.conftest import compose_config
+from tests.conftest import SHARED_ADULT, compose_config
 
 GROUP_OPTIONS = sorted(
     (path.parent.name, path.stem)
@@ -19,9 +19,14 @@ GROUP_OPTIONS = sorted(
 )
 
 
-NEEDS = {("model", "lenet"): ["data=multimnist"], ("method", "stl"): ["method.task=left"]}
+NEEDS = {
+    ("model", "lenet"): ["data=multimnist"],
+    ("method", "stl"): ["method.task=left"],
+    ("data", "adult"): [f"data.root={SHARED_ADULT}"],
+    ("experiment", "adult_mmoe"): [f"data.root={SHARED_ADULT}"],
+}
 """Options that do not fit the default experiment, with what they need (LeNet needs a larger canvas,
-single-task training the name of its task)."""
+single-task training the name of its task, Adult the shared files)."""
 
 
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])

@@ -1,7 +1,9 @@
 """Data modules: one LightningDataModule per dataset, each declaring its tasks."""
 
+from mtl.data.adult import Adult
 from mtl.data.base import MultiTaskDataModule, MultiTaskDataset
 from mtl.data.multidigits import MultiDigits
 from mtl.data.multimnist import MultiMNIST
+from mtl.data.synthetic_correlation import SyntheticCorrelation
 
-__all__ = ["MultiDigits", "MultiMNIST", "MultiTaskDataModule", "MultiTaskDataset"]
+__all__ = ["Adult", "MultiDigits", "MultiMNIST", "MultiTaskDataModule", "MultiTaskDataset", "SyntheticCorrelation"]

@@ -3,5 +3,7 @@
 from mtl.models.encoders import MLP, Encoder, LeNet, ResNet
 from mtl.models.hard_sharing import HardParameterSharing
 from mtl.models.heads import MLPHead
+from mtl.models.mmoe import MMoE
+from mtl.models.ple import PLE
 
-__all__ = ["MLP", "Encoder", "HardParameterSharing", "LeNet", "MLPHead", "ResNet"]
+__all__ = ["MLP", "Encoder", "HardParameterSharing", "LeNet", "MLPHead", "MMoE", "PLE", "ResNet"]
