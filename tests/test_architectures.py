@@ -2,12 +2,15 @@
 which losses reach each parameter, and training runs with a loss weighting, an aggregator and F-MTL."""
 
 import functools
+import json
 import math
 
 import pytest
 import torch
 
-from mtl.models import MLP, PLE, MLPHead, MMoE
+from mtl.callbacks import ExpertUtilization
+from mtl.models import MLP, PLE, DSelectK, MLPHead, MMoE
+from mtl.models.dselect_k import DSelectGate, smooth_step
 from mtl.tasks import ClassificationTask, RegressionTask
 from mtl.train import train
 from tests.conftest import compose_config
@@ -21,6 +24,7 @@ ARCHITECTURES = {
     "cgc": functools.partial(PLE, levels=1, shared_experts=2, task_experts=1),
     "ple": functools.partial(PLE, levels=2, shared_experts=1, task_experts=2),
     "ple3": functools.partial(PLE, levels=3, shared_experts=1, task_experts=1),
+    "dselect_k": functools.partial(DSelectK, num_experts=4, k=2),
 }
 
 
@@ -88,6 +92,7 @@ def test_an_mmoe_output_is_its_tower_on_the_gate_weighted_sum_of_the_experts():
         ("mmoe", ["method=ew"]),
         ("cgc", ["method=ew"]),
         ("ple", ["method=ew"]),
+        ("dselect_k", ["method=ew"]),
         ("mmoe", ["method=mgda"]),
         ("ple", ["method=pcgrad"]),
         ("mmoe", ["sam=fmtl"]),
@@ -111,3 +116,73 @@ def test_each_architecture_trains_with_weightings_aggregators_and_fmtl(model, op
     results = train(compose_config(overrides, tmp_path / "run"))
     assert results["global_step"] == 2
     assert all(math.isfinite(value) for metrics in results["test"].values() for value in metrics.values())
+
+
+def test_the_expert_utilization_is_the_mean_of_the_gate_weights_over_the_batches():
+    model, x = build("mmoe"), inputs()
+    callback = ExpertUtilization(batches=2)
+    batches = [{"input": x[:40]}, {"input": x[40:]}, {"input": torch.full_like(x[:3], 1e3)}]  # the third is past `batches`
+    utilization = callback.measure(model, batches, torch.device("cpu"))
+    for name, weights in model.gate_weights(x).items():
+        assert torch.allclose(utilization[name], weights.double().mean(dim=0), atol=1e-6)
+    assert model.training  # back in the mode it was in
+
+
+def test_a_run_with_the_expert_utilization_callback_saves_the_plot_and_matrix(tmp_path):
+    overrides = [
+        "experiment=synthetic_mmoe",
+        "callbacks=expert_utilization",
+        "data.samples={train: 64, val: 32, test: 32}",
+        "data.dimension=8",
+        "data.batch_size=32",
+        "trainer.max_epochs=1",
+        "trainer.accelerator=cpu",
+        "trainer.enable_model_summary=false",
+        "trainer.enable_progress_bar=false",
+        "~callbacks.rich_progress_bar",
+    ]
+    train(compose_config(overrides, tmp_path / "run"))
+    matrix = json.loads((tmp_path / "run" / "expert_utilization.json").read_text())
+    assert set(matrix) == {"y1", "y2"} and all(len(row) == 8 and abs(sum(row) - 1) < 1e-6 for row in matrix.values())
+    assert (tmp_path / "run" / "expert_utilization.png").stat().st_size > 0
+
+
+def test_the_expert_utilization_callback_refuses_a_model_without_gates(tmp_path):
+    cfg = compose_config(["callbacks=expert_utilization", "trainer.max_epochs=1", "trainer.accelerator=cpu", "~callbacks.rich_progress_bar"], tmp_path / "run")
+    with pytest.raises(TypeError, match="ExpertUtilization needs a model with gate_weights"):
+        train(cfg)
+
+
+def test_the_smooth_step_is_the_papers_cubic_between_its_flat_parts():
+    t = torch.tensor([-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0])
+    expected = torch.tensor([0.0, 0.0, -2 * (-0.25) ** 3 + 1.5 * (-0.25) + 0.5, 0.5, -2 * 0.25**3 + 1.5 * 0.25 + 0.5, 1.0, 1.0])
+    assert torch.allclose(smooth_step(t, gamma=1.0), expected)
+
+
+def test_a_single_expert_selector_puts_its_weight_on_the_simplex_for_any_logits():
+    gate = DSelectGate(3, 8, k=3, per_example=True)
+    with torch.no_grad():
+        gate.selectors.weight.mul_(400)  # logits far beyond ±γ/2 for some inputs, inside for others
+    outputs, weights = gate.selector_outputs(torch.randn(16, 3))
+    assert torch.allclose(outputs.sum(dim=-1), torch.ones(16, 3)) and torch.allclose(weights.sum(dim=-1), torch.ones(16))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_dselect_k_converges_to_exactly_the_k_experts_of_a_sparse_target(seed):
+    # the experts are the basis vectors; the target mixes experts 2 and 5: the static gate must end
+    # with exact zeros everywhere else (its smooth steps saturated), and the target's weights
+    torch.manual_seed(seed)
+    gate = DSelectGate(1, 8, k=2, gamma=1.0, per_example=False)
+    target = torch.tensor([0.0, 0.0, 0.3, 0.0, 0.0, 0.7, 0.0, 0.0])
+    optimizer = torch.optim.Adam(gate.parameters(), lr=0.05)
+    for _ in range(1500):
+        optimizer.zero_grad()
+        ((gate(torch.zeros(1, 1))[0] - target) ** 2).sum().backward()
+        optimizer.step()
+    weights = gate(torch.zeros(1, 1))[0].detach()
+    assert torch.equal(weights == 0, target == 0) and torch.allclose(weights, target, atol=1e-4)
+
+
+def test_dselect_k_refuses_a_number_of_experts_that_is_no_power_of_two():
+    with pytest.raises(ValueError, match="model.num_experts must be a power of two .* got 6"):
+        DSelectGate(4, 6)

@@ -8,9 +8,14 @@ import torch
 from torch import Tensor, nn
 
 
-def mixture(weights: Tensor, experts: Sequence[Tensor]) -> Tensor:
-    """``Σ_i weights[:, i] experts[i]``: ``weights (B, n)``, each expert ``(B, D)``."""
-    return torch.einsum("be,bed->bd", weights, torch.stack(list(experts), dim=1))
+def mixture(weights: Tensor, experts: Tensor) -> Tensor:
+    """``Σ_i weights[:, i] experts[:, i]``: ``weights (B, n)``, the experts' outputs stacked ``(B, n, D)``."""
+    return torch.einsum("be,bed->bd", weights, experts)
+
+
+def stacked(outputs: Sequence[Tensor]) -> Tensor:
+    """The experts' outputs ``(B, D)`` each, as one ``(B, n, D)`` tensor."""
+    return torch.stack(list(outputs), dim=1)
 
 
 def last_linear(module: nn.Module) -> nn.Linear:

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from mtl.models.encoders import Encoder
-from mtl.models.experts import last_linear, mixture
+from mtl.models.experts import last_linear, mixture, stacked
 from mtl.tasks import Task
 
 
@@ -53,7 +53,7 @@ class MMoE(nn.Module):
         return {name: torch.softmax(gate(flat), dim=-1) for name, gate in self.gates.items()}
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        experts = [expert(x) for expert in self.experts]
+        experts = stacked([expert(x) for expert in self.experts])  # once, for every task's mixture
         return {name: self.heads[name](mixture(weights, experts)) for name, weights in self.gate_weights(x).items()}
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:

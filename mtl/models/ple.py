@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from mtl.models.encoders import Encoder
-from mtl.models.experts import last_linear, mixture
+from mtl.models.experts import last_linear, mixture, stacked
 from mtl.tasks import Task
 
 ExpertFactory = Callable[[Sequence[int]], Encoder]
@@ -53,11 +53,11 @@ class ExtractionLayer(nn.Module):
         shared = [expert(shared_input) for expert in self.shared_experts]
         own = {name: [expert(inputs[name]) for expert in experts] for name, experts in self.task_experts.items()}
         weights = {name: torch.softmax(gate(inputs[name].flatten(start_dim=1)), dim=-1) for name, gate in self.gates.items()}
-        outputs = {name: mixture(weights[name], [*own[name], *shared]) for name in own}
+        outputs = {name: mixture(weights[name], stacked([*own[name], *shared])) for name in own}
         if self.shared_gate is None:
             return outputs, None, weights
         shared_weights = torch.softmax(self.shared_gate(shared_input.flatten(start_dim=1)), dim=-1)
-        return outputs, mixture(shared_weights, [*(output for name in own for output in own[name]), *shared]), weights
+        return outputs, mixture(shared_weights, stacked([*(output for name in own for output in own[name]), *shared])), weights
 
 
 class PLE(nn.Module):
