@@ -53,10 +53,11 @@ from typing import TypeVar
 import torch
 from torch import Tensor, nn
 
+from mtl.engine.auto_mode import AutoMode
 from mtl.engine.distributed import GradientSync
 from mtl.engine.jacobian import copy_rows, numel, own_memory, scatter, set_gradient
 from mtl.engine.linear_heads import LinearHeadOutputs, decode_recording_linear_heads
-from mtl.engine.modes import AutoMode, Backpropagated, BatchedRows, LoopRows, RepresentationMode, Unbatchable
+from mtl.engine.modes import Backpropagated, BatchedRows, LoopRows, RepresentationMode, Unbatchable
 from mtl.engine.task_groups import TaskGroups, grouped
 from mtl.methods.base import GradientAggregator
 from mtl.methods.task_state import TaskStateAggregator

@@ -15,9 +15,10 @@ from torch import nn
 from mtl.build import build_datamodule_and_module
 from mtl.engine import MultiTaskModule, jacobian
 from mtl.engine import modes as engine_modes
+from mtl.engine.auto_mode import TRIAL_STEPS, ModeTrial
 from mtl.engine.jacobian import own_memory, task_jacobian
 from mtl.engine.jacobian_modes import JacobianEngine
-from mtl.engine.modes import TRIAL_STEPS, BatchedRows, LoopRows, ModeTrial
+from mtl.engine.modes import BatchedRows, LoopRows
 from mtl.methods import GramianWeighting
 from mtl.methods.double_sampling import MoDo
 from mtl.methods.dual_cone import UPGrad
