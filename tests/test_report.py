@@ -9,6 +9,7 @@ import yaml
 from mtl.report.cli import report
 from mtl.report.plots import pareto_front, point_labels
 from mtl.report.runs import Group, epoch_series, find_runs
+from mtl.report.tables import best_epochs
 
 
 def make_run(
@@ -170,7 +171,7 @@ def test_runs_whose_configs_disagree_on_the_baselines_are_an_error(tmp_path):
 
 def write_metrics_csv(run: Path, rows: list[dict]) -> None:
     (run / "csv").mkdir()
-    header = ["epoch", "step", "train/mean/loss", "val/mean/accuracy"]
+    header = ["epoch", "step", "train/mean/loss", "val/mean/accuracy", "val/mean/loss"]
     lines = [",".join(header)] + [",".join(str(row.get(column, "")) for column in header) for row in rows]
     (run / "csv" / "metrics.csv").write_text("\n".join(lines) + "\n")
 
@@ -203,3 +204,13 @@ def test_the_summary_says_at_which_epoch_each_group_peaked_on_validation(sweep, 
     rows = {cells[0]: dict(zip(columns, cells)) for cells in ([cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:4])}
     # ew peaked at epochs 2 and 3 of 4 (counted from 1); mgda has no CSV log
     assert rows["ew"]["best val epoch"] == "2.5 (2–3) of 4" and rows["mgda"]["best val epoch"] == ""
+
+
+def test_the_best_epoch_follows_the_metric_and_mode_of_the_runs_checkpoint(tmp_path):
+    monitor = {"callbacks": {"model_checkpoint": {"monitor": "val/${oc.select:method.task,mean}/loss", "mode": "min"}}}
+    make_run(tmp_path / "sweep", "0", "ew", 0.8, 0.9, config=monitor)
+    rows = [{"epoch": epoch, "step": epoch, "val/mean/accuracy": accuracy, "val/mean/loss": loss} for epoch, (accuracy, loss) in enumerate([(0.9, 0.5), (0.5, 0.2), (0.6, 0.4)])]
+    write_metrics_csv(tmp_path / "sweep" / "0", rows)
+    (run,) = find_runs(tmp_path / "sweep")
+    assert run.monitor == ("val/mean/loss", "min")
+    assert best_epochs(Group(("ew",), [run])) == [2]  # the lowest loss, not the highest accuracy (epoch 1)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from omegaconf import OmegaConf
 
 
 @dataclass
@@ -19,6 +20,15 @@ class Run:
     choices: dict[str, str]
     results: dict[str, Any] | None
     error: str = ""
+
+    @property
+    def monitor(self) -> tuple[str, str]:
+        """The validation metric the run's checkpoint followed and its mode (``max`` or ``min``),
+        from its config (``callbacks.model_checkpoint``); ``val/mean/accuracy``, ``max`` without one."""
+        config_file = self.path / ".hydra" / "config.yaml"
+        config = OmegaConf.load(config_file) if config_file.is_file() else OmegaConf.create()
+        monitor = OmegaConf.select(config, "callbacks.model_checkpoint.monitor", default=None)
+        return (monitor or "val/mean/accuracy", OmegaConf.select(config, "callbacks.model_checkpoint.mode", default="max"))
 
     @property
     def single_task(self) -> str | None:

@@ -38,13 +38,19 @@ def summary_rows(groups: list[Group], keys: list[str], baselines: dict | None) -
 
 BEST_EPOCH = "best val epoch"
 """The summary column that says how near convergence a group's runs stopped: the median (range)
-over its runs of the epoch, counted from 1, of the highest ``val/mean/accuracy``, of the epochs trained."""
+over its runs of the epoch, counted from 1, of the best value of the metric its checkpoint
+followed (``Run.monitor``: ``val/mean/accuracy`` by default), of the epochs trained."""
 
 
 def best_epochs(group: Group) -> list[int]:
-    """Per finished run with a CSV log, the epoch (from 1) of its highest validation mean accuracy."""
-    series = [epoch_series(run, "val/mean/accuracy") for run in group.finished]
-    return [max(values, key=values.get) + 1 for values in series if values]
+    """Per finished run with a CSV log, the epoch (from 1) of the best value of its monitored metric."""
+    epochs = []
+    for run in group.finished:
+        name, mode = run.monitor
+        values = epoch_series(run, name)
+        if values:
+            epochs.append((min if mode == "min" else max)(values, key=values.get) + 1)
+    return epochs
 
 
 def paired_rows(groups: list[Group], keys: list[str], versus: tuple[str, str]) -> list[dict[str, Any]]:
