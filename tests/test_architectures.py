@@ -18,6 +18,17 @@ from tests.conftest import compose_config
 TASKS = [ClassificationTask("a", 3), RegressionTask("b", 2), ClassificationTask("c", 2)]
 INPUT_SHAPE = (1, 2, 3)
 BATCH = 64
+TINY_SYNTHETIC = [
+        "data.samples={train: 64, val: 32, test: 32}",
+        "data.dimension=8",
+        "data.batch_size=32",
+        "trainer.max_epochs=1",
+        "trainer.accelerator=cpu",
+        "trainer.enable_model_summary=false",
+        "trainer.enable_progress_bar=false",
+        "~callbacks.rich_progress_bar",
+]
+"""Overrides that shrink experiment=synthetic_mmoe to two steps."""
 
 ARCHITECTURES = {
     "mmoe": functools.partial(MMoE, num_experts=3),
@@ -100,20 +111,7 @@ def test_an_mmoe_output_is_its_tower_on_the_gate_weighted_sum_of_the_experts():
     ],
 )
 def test_each_architecture_trains_with_weightings_aggregators_and_fmtl(model, options, tmp_path):
-    overrides = [
-        "experiment=synthetic_mmoe",
-        f"model={model}",
-        *options,
-        "data.samples={train: 64, val: 32, test: 32}",
-        "data.dimension=8",
-        "data.batch_size=32",
-        "trainer.max_epochs=1",
-        "trainer.accelerator=cpu",
-        "trainer.enable_model_summary=false",
-        "trainer.enable_progress_bar=false",
-        "~callbacks.rich_progress_bar",
-    ]
-    results = train(compose_config(overrides, tmp_path / "run"))
+    results = train(compose_config(["experiment=synthetic_mmoe", f"model={model}", *options, *TINY_SYNTHETIC], tmp_path / "run"))
     assert results["global_step"] == 2
     assert all(math.isfinite(value) for metrics in results["test"].values() for value in metrics.values())
 
@@ -129,19 +127,7 @@ def test_the_expert_utilization_is_the_mean_of_the_gate_weights_over_the_batches
 
 
 def test_a_run_with_the_expert_utilization_callback_saves_the_plot_and_matrix(tmp_path):
-    overrides = [
-        "experiment=synthetic_mmoe",
-        "callbacks=expert_utilization",
-        "data.samples={train: 64, val: 32, test: 32}",
-        "data.dimension=8",
-        "data.batch_size=32",
-        "trainer.max_epochs=1",
-        "trainer.accelerator=cpu",
-        "trainer.enable_model_summary=false",
-        "trainer.enable_progress_bar=false",
-        "~callbacks.rich_progress_bar",
-    ]
-    train(compose_config(overrides, tmp_path / "run"))
+    train(compose_config(["experiment=synthetic_mmoe", "callbacks=expert_utilization", *TINY_SYNTHETIC], tmp_path / "run"))
     matrix = json.loads((tmp_path / "run" / "expert_utilization.json").read_text())
     assert set(matrix) == {"y1", "y2"} and all(len(row) == 8 and abs(sum(row) - 1) < 1e-6 for row in matrix.values())
     assert (tmp_path / "run" / "expert_utilization.png").stat().st_size > 0
