@@ -41,6 +41,10 @@ CASES = {
     "nash_mtl": ["method=nash_mtl"],
     "upgrad": ["method=upgrad"],
     "fmtl_mgda": ["method=mgda", "sam=fmtl", "sam.rho=0.05"],
+    "mmoe_mgda": ["model=mmoe", "method=mgda"],
+    "ple_pcgrad": ["model=ple", "method=pcgrad"],
+    "dselect_k_ew": ["model=dselect_k", "method=ew"],
+    "mmoe_fmtl": ["model=mmoe", "method=ew", "sam=fmtl", "sam.rho=0.05"],
     "sam_pcgrad": ["method=pcgrad", "sam=sam"],
     "gsam_uw": ["method=uw", "sam=gsam"],
     "mgda_local": ["method=mgda", "distributed.sync=local"],
@@ -48,6 +52,7 @@ CASES = {
     "sam_ew_own": ["method=ew", "sam=sam", "sam.sync=local"],
 }
 """Runs compared between two processes and one; SGD so that tiny float differences stay tiny.
+The mixture-of-experts models take the engine's general path (no single representation).
 STCH weights the losses nonlinearly, GradNorm needs gradient norms and FAMO the losses after the
 step: each sees the global values only if they are shared."""
 
