@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mtl.callbacks import ExpertUtilization
-from mtl.models import MLP, PLE, DSelectK, MLPHead, MMoE
+from mtl.models import MLP, PLE, CrossStitch, DSelectK, LeNet, MLPHead, MMoE, ResNet
 from mtl.models.dselect_k import DSelectGate, smooth_step
 from mtl.tasks import ClassificationTask, RegressionTask
 from mtl.train import train
@@ -36,12 +36,14 @@ ARCHITECTURES = {
     "ple": functools.partial(PLE, levels=2, shared_experts=1, task_experts=2),
     "ple3": functools.partial(PLE, levels=3, shared_experts=1, task_experts=1),
     "dselect_k": functools.partial(DSelectK, num_experts=4, k=2),
+    "cross_stitch": CrossStitch,
 }
+GATED = [name for name in ARCHITECTURES if name != "cross_stitch"]
 
 
 def build(name):
     torch.manual_seed(0)
-    return ARCHITECTURES[name](functools.partial(MLP, hidden=(8,)), functools.partial(MLPHead, hidden=(8,)), TASKS, INPUT_SHAPE)
+    return ARCHITECTURES[name](functools.partial(MLP, hidden=(8, 8)), functools.partial(MLPHead, hidden=(8,)), TASKS, INPUT_SHAPE)
 
 
 def inputs():
@@ -62,7 +64,7 @@ def test_every_task_gets_an_output_of_its_width(name):
     assert {task: tuple(output.shape) for task, output in outputs.items()} == {task.name: (BATCH, task.num_outputs) for task in TASKS}
 
 
-@pytest.mark.parametrize("name", ARCHITECTURES)
+@pytest.mark.parametrize("name", GATED)
 def test_the_gates_weigh_the_experts_on_the_simplex(name):
     for weights in build(name).gate_weights(inputs()).values():
         assert torch.all(weights >= 0) and torch.allclose(weights.sum(dim=-1), torch.ones(BATCH))
@@ -104,6 +106,7 @@ def test_an_mmoe_output_is_its_tower_on_the_gate_weighted_sum_of_the_experts():
         ("cgc", ["method=ew"]),
         ("ple", ["method=ew"]),
         ("dselect_k", ["method=ew"]),
+        ("cross_stitch", ["method=mgda"]),
         ("mmoe", ["method=mgda"]),
         ("ple", ["method=pcgrad"]),
         ("mmoe", ["sam=fmtl"]),
@@ -172,3 +175,41 @@ def test_dselect_k_converges_to_exactly_the_k_experts_of_a_sparse_target(seed):
 def test_dselect_k_refuses_a_number_of_experts_that_is_no_power_of_two():
     with pytest.raises(ValueError, match="model.num_experts must be a power of two .* got 6"):
         DSelectGate(4, 6)
+
+
+def test_a_cross_stitch_network_with_identity_units_is_one_independent_network_per_task():
+    model, x = ARCHITECTURES["cross_stitch"](functools.partial(MLP, hidden=(8, 8)), MLPHead, TASKS, INPUT_SHAPE, alpha_same=1.0), inputs()
+    for task in TASKS:
+        assert torch.allclose(model(x)[task.name], model.heads[task.name](model.encoders[task.name](x)), atol=1e-6)
+
+
+def test_cross_stitch_units_mix_the_tasks_activations_after_every_stage():
+    model, x = build("cross_stitch"), inputs()
+    assert len(model.units) == 2 and torch.allclose(model.units[0], torch.tensor([[0.9, 0.05, 0.05], [0.05, 0.9, 0.05], [0.05, 0.05, 0.9]]))
+    names = [task.name for task in TASKS]
+    first = [model.encoders[name].stages()[0](x) for name in names]
+    mixed = [sum(model.units[0][k, j] * first[j] for j in range(len(names))) for k in range(len(names))]
+    second = [model.encoders[name].stages()[1](mixed[k]) for k, name in enumerate(names)]
+    expected = {name: model.heads[name](sum(model.units[1][k, j] * second[j] for j in range(len(names)))) for k, name in enumerate(names)}
+    for name, output in model(x).items():
+        assert torch.allclose(output, expected[name], atol=1e-6)
+
+
+ENCODERS = {
+    "mlp": (functools.partial(MLP, hidden=(8, 8)), INPUT_SHAPE),
+    "mlp-no-hidden": (functools.partial(MLP, hidden=()), INPUT_SHAPE),
+    "lenet": (LeNet, (1, 36, 36)),
+    "resnet": (ResNet, (1, 12, 12)),
+    "resnet18-like": (functools.partial(ResNet, widths=(8, 16), blocks=2, stem="imagenet", features=10), (1, 32, 32)),
+}
+
+
+@pytest.mark.parametrize("name", ENCODERS)
+def test_an_encoders_stages_compose_to_its_forward(name):
+    factory, shape = ENCODERS[name]
+    encoder = factory(shape).eval()
+    x = torch.randn(3, *shape, generator=torch.Generator().manual_seed(0))
+    output = x
+    for stage in encoder.stages():
+        output = stage(output)
+    assert torch.allclose(output, encoder(x))

@@ -1,5 +1,6 @@
 """Multi-task models: shared encoders, task heads, and the architectures that join them."""
 
+from mtl.models.cross_stitch import CrossStitch
 from mtl.models.dselect_k import DSelectK
 from mtl.models.encoders import MLP, Encoder, LeNet, ResNet
 from mtl.models.hard_sharing import HardParameterSharing
@@ -7,4 +8,4 @@ from mtl.models.heads import MLPHead
 from mtl.models.mmoe import MMoE
 from mtl.models.ple import PLE
 
-__all__ = ["MLP", "DSelectK", "Encoder", "HardParameterSharing", "LeNet", "MLPHead", "MMoE", "PLE", "ResNet"]
+__all__ = ["MLP", "CrossStitch", "DSelectK", "Encoder", "HardParameterSharing", "LeNet", "MLPHead", "MMoE", "PLE", "ResNet"]

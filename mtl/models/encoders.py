@@ -10,9 +10,17 @@ from torch import nn
 
 
 class Encoder(nn.Module):
-    """A module built from ``input_shape`` that knows the width of its flat output, ``out_features``."""
+    """A module built from ``input_shape`` that knows the width of its flat output, ``out_features``.
+
+    ``stages()`` splits the forward into the modules whose composition it is, at the points where
+    an architecture may join several copies of the encoder (cross-stitch units); an encoder that
+    does not split is one stage.
+    """
 
     out_features: int
+
+    def stages(self) -> list[nn.Module]:
+        return [self]
 
 
 class MLP(Encoder):
@@ -21,17 +29,23 @@ class MLP(Encoder):
     def __init__(self, input_shape: Sequence[int], hidden: Sequence[int] = (256, 256), dropout: float = 0.0) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
+        self.stage_ends: list[int] = []
         width = math.prod(input_shape)
         for size in hidden:
             layers += [nn.Linear(width, size), nn.ReLU()]
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
+            self.stage_ends.append(len(layers))
             width = size
         self.layers = nn.Sequential(*layers)
         self.out_features = width
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
+
+    def stages(self) -> list[nn.Module]:
+        """One stage per hidden layer."""
+        return split_at(self.layers, self.stage_ends)
 
 
 class LeNet(Encoder):
@@ -68,6 +82,10 @@ class LeNet(Encoder):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.projection(self.convolutions(x))
+
+    def stages(self) -> list[nn.Module]:
+        """The first convolution block, the second (flattened), the projection."""
+        return [*split_at(self.convolutions, [3, len(self.convolutions)]), self.projection]
 
 
 class BasicBlock(nn.Module):
@@ -117,17 +135,42 @@ class ResNet(Encoder):
         else:
             layers = [nn.Conv2d(input_shape[0], widths[0], 7, 2, 3, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
         channels = widths[0]
+        self.stage_ends = [len(layers)]
         for stage, width in enumerate(widths):
             for block in range(blocks):
                 stride = 2 if stage > 0 and block == 0 else 1
                 layers.append(BasicBlock(channels, width, stride))
                 channels = width
+            self.stage_ends.append(len(layers))
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         if features is not None:
             layers += [nn.Linear(channels, features), nn.ReLU()]
             channels = features
+        self.stage_ends[-1] = len(layers)  # the pooling (and projection) ends the last stage
         self.layers = nn.Sequential(*layers)
         self.out_features = channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
+
+    def stages(self) -> list[nn.Module]:
+        """The stem, then one stage per entry of ``widths`` (the last with the pooling)."""
+        return split_at(self.layers, self.stage_ends)
+
+
+def split_at(layers: nn.Sequential, ends: Sequence[int]) -> list[nn.Module]:
+    """``layers`` cut after each index of ``ends`` (the last must be ``len(layers)``); the pieces
+    share the modules. The first piece keeps any layers before the first end (an MLP's Flatten)."""
+    ends = list(ends) or [len(layers)]  # no cut: one stage (an MLP without hidden layers)
+    starts = [0, *ends[:-1]]
+    return [layers[start:end] for start, end in zip(starts, ends)]
+
+
+def last_weight_layer(module: nn.Module) -> list[nn.Parameter]:
+    """The parameters of the last layer of ``module`` with a weight of two or more dimensions (a
+    weight matrix or a kernel, in registration order) and its bias: the "last shared layer" that
+    GradNorm measures gradient norms on."""
+    layers = [layer for layer in module.modules() if getattr(layer, "weight", None) is not None and layer.weight.dim() >= 2]
+    if not layers:
+        raise ValueError(f"{type(module).__name__} has no weight matrix or kernel to measure gradient norms on")
+    return list(layers[-1].parameters(recurse=False))

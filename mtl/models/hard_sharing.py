@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from torch import Tensor, nn
 
-from mtl.models.encoders import Encoder
+from mtl.models.encoders import Encoder, last_weight_layer
 from mtl.tasks import Task
 
 
@@ -50,12 +50,8 @@ class HardParameterSharing(nn.Module):
         return self.encoder.parameters()
 
     def last_shared_parameters(self) -> list[nn.Parameter]:
-        """The last shared weight tensor (two or more dimensions, in registration order) and its
-        bias: the "last shared layer" that GradNorm measures gradient norms on."""
-        layers = [module for module in self.encoder.modules() if getattr(module, "weight", None) is not None and module.weight.dim() >= 2]
-        if not layers:
-            raise ValueError(f"{type(self.encoder).__name__} has no weight matrix or kernel to measure gradient norms on")
-        return list(layers[-1].parameters(recurse=False))
+        """The encoder's last weight tensor and its bias (``last_weight_layer``)."""
+        return last_weight_layer(self.encoder)
 
     def task_parameters(self, name: str) -> Iterator[nn.Parameter]:
         return self.head(name).parameters()

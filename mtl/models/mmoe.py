@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from mtl.models.encoders import Encoder
-from mtl.models.experts import last_linear, mixture, stacked
+from mtl.models.encoders import Encoder, last_weight_layer
+from mtl.models.experts import mixture, stacked
 from mtl.tasks import Task
 
 
@@ -67,5 +67,5 @@ class MMoE(nn.Module):
 
     def last_shared_parameters(self) -> list[nn.Parameter]:
         """The last weight matrix and bias of every expert: the layer GradNorm measures."""
-        return [parameter for expert in self.experts for parameter in last_linear(expert).parameters()]
+        return [parameter for expert in self.experts for parameter in last_weight_layer(expert)]
 

@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from mtl.models.encoders import Encoder
-from mtl.models.experts import last_linear, mixture, stacked
+from mtl.models.encoders import Encoder, last_weight_layer
+from mtl.models.experts import mixture, stacked
 from mtl.tasks import Task
 
 ExpertFactory = Callable[[Sequence[int]], Encoder]
@@ -116,5 +116,5 @@ class PLE(nn.Module):
 
     def last_shared_parameters(self) -> list[nn.Parameter]:
         """The last weight matrix and bias of the last layer's shared experts: the layer GradNorm measures."""
-        return [parameter for expert in self.levels[-1].shared_experts for parameter in last_linear(expert).parameters()]
+        return [parameter for expert in self.levels[-1].shared_experts for parameter in last_weight_layer(expert)]
 

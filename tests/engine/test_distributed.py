@@ -44,6 +44,7 @@ CASES = {
     "mmoe_mgda": ["model=mmoe", "method=mgda"],
     "ple_pcgrad": ["model=ple", "method=pcgrad"],
     "dselect_k_ew": ["model=dselect_k", "method=ew"],
+    "cross_stitch_pcgrad": ["model=cross_stitch", "method=pcgrad"],
     "mmoe_fmtl": ["model=mmoe", "method=ew", "sam=fmtl", "sam.rho=0.05"],
     "sam_pcgrad": ["method=pcgrad", "sam=sam"],
     "gsam_uw": ["method=uw", "sam=gsam"],
