@@ -118,9 +118,8 @@ def prime(device: torch.device) -> None:
 
     NumPy's OpenBLAS too: a process forked from the fork server has none of its threads until a
     multithreaded call starts them again, and until then the methods' solves, which run on one
-    BLAS thread (``mtl.methods.base.single_threaded_blas``), took twice as long or more (IMTL-G's
-    weights of a 10 x 10 Gramian: 0.20 against 0.09 ms); a process started any other way, as ``mtl-train`` is,
-    does not have that state."""
+    BLAS thread (``mtl.methods.base.single_threaded_blas``), took about twice as long (BENCHMARKS.md);
+    a process started any other way, as ``mtl-train`` is, does not have that state."""
     weight = torch.ones(4, 3, 3, 3, device=device, requires_grad=True)
     features = torch.nn.functional.conv2d(torch.ones(2, 3, 8, 8, device=device), weight).flatten(1)
     (features @ features.T).sum().backward()

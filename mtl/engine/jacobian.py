@@ -46,13 +46,11 @@ def batched_vector_jacobian_products(outputs: Tensor, cotangents: Tensor, inputs
     Two vmaps can batch the pass. The legacy prototype behind ``is_grads_batched=True``
     (``prototype_batched_products``) has no batching rule for the backward of convolution or
     BatchNorm. It runs those ops once per cotangent and stacks the results, so on a convolutional
-    encoder it launches at least as many kernels as ``loop``; on the H100 its ResNet-18 step was
-    no faster than ``loop``'s. ``torch.func.vmap`` (``vmapped_products``) folds the ``K``
+    encoder it launches at least as many kernels as ``loop``. ``torch.func.vmap`` (``vmapped_products``) folds the ``K``
     cotangents into one convolution, into its batch for the input gradient and into its output
-    channels for the weight gradient. CUDA takes it for that reason; ``scripts/bench_vmap.py``
-    measures the two, and its GPU rows are still to be run. On the CPU the prototype is the faster
-    (BENCHMARKS.md), since ``torch.func``'s rules add copies of the ``K``-fold gradients and an
-    elementwise BatchNorm backward; on linear layers the two are even.
+    channels for the weight gradient. CUDA takes it for that reason, the CPU the prototype, where
+    ``torch.func``'s rules add copies of the ``K``-fold gradients and an elementwise BatchNorm
+    backward (``scripts/bench_vmap.py`` measures the two; the figures are in BENCHMARKS.md).
 
     Most ops without a batching rule run in the vmap's own loop over the cotangents; what it
     cannot run at all (NumPy, ``.item()``, data-dependent control flow) raises a RuntimeError."""

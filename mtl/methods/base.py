@@ -157,9 +157,8 @@ INNER_PRODUCT_BLOCK = 4096
 def row_inner_products(left: Tensor, right: Tensor) -> Tensor:
     """``left @ right.T`` for wide matrices ``(K, P)`` and ``(M, P)`` (rows of Jacobians): the
     products of blocks of ``INNER_PRODUCT_BLOCK`` columns in one batched product, then summed. On
-    the CPU, one product of such wide matrices runs a slow BLAS kernel: 27 ms against 8 for the
-    Gramian of a (10, 927232) Jacobian on the 2-core machine (``scripts/bench_gramian.py``). The
-    two-level sum is also more accurate in float32."""
+    the CPU, one product of such wide matrices runs a slow BLAS kernel (``scripts/bench_gramian.py``
+    measures both; the figures are in BENCHMARKS.md). The two-level sum is also more accurate in float32."""
     blocked = left.shape[1] - left.shape[1] % INNER_PRODUCT_BLOCK
 
     def blocks(matrix: Tensor) -> Tensor:  # (P // block, rows, block)
@@ -171,9 +170,9 @@ def row_inner_products(left: Tensor, right: Tensor) -> Tensor:
 
 def single_threaded_blas() -> AbstractContextManager:
     """NumPy's and SciPy's BLAS on one thread while it is entered. Their OpenBLAS threads keep
-    spinning after a call, on the cores that torch's own threads need next: at ``K = 40`` on two
-    cores that doubled the time of CAGrad's and Nash-MTL's steps around their solves
-    (``BENCHMARKS.md``), and a ``K x K`` problem gains nothing from a second thread. The BLAS
+    spinning after a call, on the cores that torch's own threads need next, which slowed CAGrad's and
+    Nash-MTL's steps around their solves (``BENCHMARKS.md``), and a ``K x K`` problem gains nothing
+    from a second thread. The BLAS
     libraries are those loaded at the first call (``import mtl.methods`` loads every method's)."""
     return blas_threads().limit(limits=1, user_api="blas")
 

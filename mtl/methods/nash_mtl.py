@@ -13,8 +13,8 @@ this class solves that problem directly: Newton's method in ``u = log α`` with 
 (scipy ``trust-exact``, then MINPACK's ``hybrj`` on the gradient, so the equation holds to float64
 rounding), warm-started from the last weights as the official code warm-starts its procedure. It
 reaches the procedure's limit from any start (the procedure cannot start where some task conflicts
-with the sum of the others) at a fraction of its cost: in a K = 40 ``rep`` step the solve took
-5.0 ms by the procedure (SLSQP) and takes 1.6 ms now (``BENCHMARKS.md``, ``rep`` against EW).
+with the sum of the others) at a fraction of its cost (``BENCHMARKS.md``, ``rep`` against EW,
+has the timings).
 ``optim_niter`` has no counterpart.
 
 Conditioning: the equation is invariant under rescaling the gradients (``g_k → g_k/|g_k|``
