@@ -13,11 +13,28 @@ Prints the medians divided by EW's step, as Markdown, and writes every step's an
 time to ``--out`` as JSON.
 
     python scripts/bench_rep.py --out outputs/bench_rep.json
+
+``--profile`` shows where the time of one setup's ``rep`` step goes, part by part, beside EW's
+step (default mlp-k40, whose heads are linear), with the host settings ``mtl-train`` applies: the
+median time of
+
+- EW's whole step, and its backward pass through the heads (one ``dL/dz``, accumulated);
+- the rep step's forward (heads reading their copies of ``z``, linear heads' outputs recorded);
+- its one backward pass through the heads, to the linear heads' outputs (or to every
+  ``dL_k/dz``) and the heads' parameters; and the same pass to every ``dL_k/dz``, formed;
+- the Gramian of the representation gradients from the linear heads' products
+  (``mtl.engine.linear_heads``) and from the formed ``Z (K, B·D)``, and their combination;
+- each method's weights from that Gramian; the encoder's backward of one direction;
+- UPGrad's weights as the method solves them (``K`` non-negative least-squares problems,
+  ``CosineQuadraticForm.minimize_above``) beside ``K`` QPs by quadprog, on the same Gramian.
+
+    python scripts/bench_rep.py --profile --setups mlp-k40
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -32,8 +49,12 @@ from bench_steps import Step, mtl_step
 from bench_timing import interleaved_rounds
 from mtl.engine.host_memory import retain_freed_host_memory
 from mtl.engine.jacobian_modes import JacobianEngine
+from mtl.engine.linear_heads import LinearHeadGradients
+from mtl.engine.modes import dense
 from mtl.methods import METHODS, GramianWeighting
-from mtl.tasks import INPUT_KEY
+from mtl.methods.dual_cone import UPGrad
+from mtl.methods.solvers import CosineQuadraticForm
+from mtl.tasks import INPUT_KEY, task_losses
 
 METHOD_NAMES = ("mgda", "pcgrad", "cagrad", "nash_mtl", "imtl_g", "upgrad")
 FORMED = "formed"
@@ -115,9 +136,69 @@ def table(results: dict[str, dict[str, dict[str, list[float]]]], methods: list[s
     return "\n".join(lines)
 
 
+def median_ms(work, warmup: int, steps: int) -> float:
+    return 1e3 * statistics.median(interleaved_rounds({"step": work}, warmup, steps)["step"])
+
+
+def upgrad_weights_by_quadprog(gramian: torch.Tensor) -> torch.Tensor:
+    """UPGrad's weights from K QPs solved by quadprog (its dual active-set method)."""
+    form, rows = CosineQuadraticForm(gramian), torch.eye(len(gramian), dtype=gramian.dtype)
+    return torch.stack([torch.maximum(form.minimize(rows, row), row) for row in rows]).mean(dim=0)
+
+
+def profile_parts(setup_name: str, warmup: int, steps: int) -> dict[str, float]:
+    """``--profile``: the median milliseconds of each part of the setup's ``rep`` step and of EW's."""
+    setup = SETUPS[setup_name]
+    model, tasks = setup.model(), setup.tasks()
+    batch = setup.batch(setup.batch_size, torch.device("cpu"))
+    names = [task.name for task in tasks]
+    heads = [parameter for name in names for parameter in model.task_parameters(name)]
+    shared = list(model.shared_parameters())
+    engine = JacobianEngine("rep")
+    timed = lambda work: median_ms(work, warmup, steps)  # noqa: E731
+
+    def forward():
+        representation, predictions = engine.forward(model, batch[INPUT_KEY], names)
+        return representation, task_losses(tasks, predictions, batch)
+
+    representation, losses = forward()
+    stacked = torch.stack(losses)[None]
+    backward = lambda: engine.backward_through_heads([losses], stacked, [representation], heads)  # noqa: E731
+    [(z, gradients)], _ = backward()
+    rows = dense(gradients).flatten(start_dim=1)
+    leaf = z.detach().requires_grad_()
+    ew_heads_loss = torch.stack(task_losses(tasks, model.decode(leaf), batch)).mean()
+    ew_step, _ = mtl_step(setup.model(), tasks, None, "ew", batch)  # its own copy: its SGD steps change the weights
+    products = isinstance(gradients, LinearHeadGradients)
+    gramian = gradients.gramian() if products else rows @ rows.T
+    task_weights = torch.full((len(tasks),), 1 / len(tasks), dtype=torch.float64)
+    formed = dataclasses.replace(representation, linear_heads=None)
+    parts = {
+        "EW whole step": timed(ew_step),
+        "rep forward (heads on copies of z)": timed(forward),
+        f"rep backward through the heads (to {'their outputs' if products else 'every dL_k/dz'} and their parameters)": timed(backward),
+        "rep backward through the heads to every dL_k/dz, formed": timed(lambda: engine.backward_through_heads([losses], stacked, [formed], heads)),
+        "EW backward through the heads (one dL/dz and the heads)": timed(lambda: torch.autograd.grad(ew_heads_loss, [leaf, *heads], retain_graph=True)),
+        f"Gramian of Z {tuple(rows.shape)}, formed": timed(lambda: rows @ rows.T),
+    }
+    if products:
+        parts["Gramian of Z from the linear heads' products"] = timed(gradients.gramian)
+        parts["combination of Z from the linear heads' products"] = timed(lambda: gradients.combination(task_weights))
+    parts["combination of the formed Z"] = timed(lambda: task_weights.float() @ rows)
+    parts["encoder backward of one direction"] = timed(lambda: torch.autograd.grad(z, shared, grad_outputs=rows[0].view_as(z), retain_graph=True))
+    for name in METHOD_NAMES:
+        method = METHODS[name](len(tasks))
+        parts[f"{name} weights from the Gramian"] = timed(lambda method=method: method.gramian_weights(gramian, stacked[0]))
+    gramian = gramian.double()
+    parts["UPGrad weights, K non-negative least squares (the method)"] = timed(lambda: UPGrad(len(tasks)).weights(gramian, stacked[0].double()))
+    parts["UPGrad weights, K QPs by quadprog"] = timed(lambda: upgrad_weights_by_quadprog(gramian))
+    return parts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="where to write every step's time (JSON)")
+    parser.add_argument("--out", type=Path, help="where to write every step's time (JSON); required unless --profile")
+    parser.add_argument("--profile", action="store_true", help="time the parts of each setup's rep step instead (--warmup and --rounds: calls per part)")
     parser.add_argument("--setups", nargs="+", default=["mlp-k10", "mlp-k40", "lenet-k2"], choices=sorted(SETUPS))
     parser.add_argument(
         "--methods", nargs="+", default=list(METHOD_NAMES), choices=sorted(name for name, method in METHODS.items() if issubclass(method, GramianWeighting)), metavar="METHOD"
@@ -126,8 +207,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=40, help="timed rounds; the median is reported")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if args.out is None and not args.profile:
+        parser.error("--out is required (or --profile)")
     torch.set_num_threads(args.threads)
     retain_freed_host_memory()
+    if args.profile:
+        for setup_name in args.setups:
+            print(f"{setup_name}, {args.threads} threads, torch {torch.__version__}; median over {args.rounds} calls after {args.warmup}\n")
+            print("| part | ms |\n| --- | --- |")
+            print("\n".join(f"| {part} | {milliseconds:.1f} |" for part, milliseconds in profile_parts(setup_name, args.warmup, args.rounds).items()), end="\n\n")
+        return
     results = {setup_name: timed_rounds(setup_name, args.methods, args.warmup, args.rounds) for setup_name in args.setups}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"threads": args.threads, "torch": torch.__version__, "rounds": args.rounds, "warmup": args.warmup, "results": results}, indent=1))

@@ -13,6 +13,15 @@ writes every timing to ``--out`` as JSON.
 
     python scripts/bench_vmap.py --out outputs/bench_vmap.json
     python scripts/bench_vmap.py --device cuda --batch-size resnet18-k40=8 --out outputs/bench_vmap_gpu.json
+
+``--profile`` times nothing: it runs ``torch.profiler`` around one pass of each way (after one
+untimed pass) and prints the calls and self time of the operators that tell the vmaps apart. The
+prototype runs a convolution's backward once per task and stacks the results (``K + 1`` calls of
+``aten::convolution_backward`` per convolution, and ``aten::cat``); ``torch.func`` folds the tasks
+into the convolution (a few calls per convolution) at the cost of copies (``aten::copy_``) and an
+elementwise BatchNorm backward (``aten::mul``).
+
+    python scripts/bench_vmap.py --profile --setups resnet18-k40
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch.profiler import profile as profiled
 
 from bench_measure import PeakMemory
 from bench_setups import SETUPS
@@ -33,6 +43,7 @@ from mtl.engine.jacobian import prototype_batched_products, vmapped_products
 from mtl.tasks import INPUT_KEY
 
 Pass = Callable[[], object]
+PROFILED_OPERATORS = ("aten::convolution_backward", "aten::native_batch_norm_backward", "aten::cat", "aten::copy_", "aten::mul")
 
 
 def passes(setup_name: str, batch_size: int, device: torch.device) -> dict[str, Pass]:
@@ -98,9 +109,23 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def profile_table(ways: dict[str, Pass], setup_name: str) -> str:
+    """Per way, the calls and self seconds of ``PROFILED_OPERATORS`` in one pass (after one untimed)."""
+    lines = [f"{setup_name}: calls and self seconds of one pass", "", "| way | " + " | ".join(PROFILED_OPERATORS) + " |", "| --- " * (len(PROFILED_OPERATORS) + 1) + "|"]
+    for name, run in ways.items():
+        run()
+        with profiled() as profiler:
+            run()
+        events = {event.key: event for event in profiler.key_averages()}
+        cells = [f"{events[op].count}, {events[op].self_cpu_time_total / 1e6:.2f}" if op in events else "-" for op in PROFILED_OPERATORS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="where to write every pass's time (JSON)")
+    parser.add_argument("--out", type=Path, help="where to write every pass's time (JSON); required unless --profile")
+    parser.add_argument("--profile", action="store_true", help="time nothing: profile one pass of each way and print its operators")
     parser.add_argument("--setups", nargs="+", default=["mlp-k40", "resnet18-k40"], choices=list(SETUPS))
     parser.add_argument("--batch-size", nargs="+", default=[], metavar="[SETUP=]SIZE", help="as bench_step.py's: of every setup, or of one (resnet18-k40=64)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds")
@@ -108,9 +133,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     args = parser.parse_args()
+    if args.out is None and not args.profile:
+        parser.error("--out is required (or --profile)")
     sizes = batch_sizes(parser, args.batch_size)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.profile:
+        print("\n\n".join(profile_table(passes(setup_name, sizes[setup_name], device), setup_name) for setup_name in args.setups))
+        return
     results: dict[str, dict] = {}
     for setup_name in args.setups:
         ways = passes(setup_name, sizes[setup_name], device)
