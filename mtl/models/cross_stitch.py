@@ -45,7 +45,9 @@ class CrossStitch(nn.Module):
             raise ValueError(f"a cross-stitch network joins two or more tasks with model.alpha_same in [0, 1]; got {len(tasks)} tasks and {alpha_same}")
         names = [task.name for task in tasks]
         self.encoders = nn.ModuleDict({name: encoder(input_shape) for name in names})
-        stages = len(next(iter(self.encoders.values())).stages())
+        # each encoder's stages, cut once: views of its modules (a list, so not registered twice)
+        self.stages = [self.encoders[name].stages() for name in names]
+        stages = len(self.stages[0])
         others = (1.0 - alpha_same) / (len(names) - 1)
         initial = torch.full((len(names), len(names)), others).fill_diagonal_(alpha_same)
         self.units = nn.ParameterList(nn.Parameter(initial.clone()) for _ in range(stages))
@@ -54,10 +56,9 @@ class CrossStitch(nn.Module):
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         names = list(self.heads)
-        stages = [self.encoders[name].stages() for name in names]
         activations = [x] * len(names)
         for level, unit in enumerate(self.units):
-            outputs = torch.stack([stages[task][level](activations[task]) for task in range(len(names))])  # (K, B, ...)
+            outputs = torch.stack([self.stages[task][level](activations[task]) for task in range(len(names))])  # (K, B, ...)
             activations = list(torch.tensordot(unit, outputs, dims=1))
         return {name: self.heads[name](activation) for name, activation in zip(names, activations)}
 

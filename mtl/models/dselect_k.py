@@ -23,6 +23,7 @@ the authors' code is left out.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -75,6 +76,7 @@ class DSelectGate(nn.Module):
         return outputs, torch.softmax(alpha, dim=-1)
 
     def forward(self, x: Tensor) -> Tensor:
+        """The expert weights ``(B, num_experts)``: at convergence at most ``k`` non-zeros."""
         outputs, weights = self.selector_outputs(x)
         return torch.einsum("bk,bkn->bn", weights, outputs)
 
@@ -94,9 +96,5 @@ class DSelectK(MMoE):
         gamma: float = 1.0,
         per_example: bool = True,
     ) -> None:
-        super().__init__(expert, head, tasks, input_shape, num_experts)
-        self.gates = nn.ModuleDict({task.name: DSelectGate(math.prod(input_shape), num_experts, k, gamma, per_example) for task in tasks})
-
-    def gate_weights(self, x: Tensor) -> dict[str, Tensor]:
-        """``{task: w}``, each ``(B, num_experts)``, summing to one, at most ``k`` non-zeros once converged."""
-        return {name: gate(x) for name, gate in self.gates.items()}
+        gate = functools.partial(DSelectGate, k=k, gamma=gamma, per_example=per_example)
+        super().__init__(expert, head, tasks, input_shape, num_experts, gate)

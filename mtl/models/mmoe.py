@@ -27,9 +27,24 @@ from mtl.models.experts import mixture, stacked
 from mtl.tasks import Task
 
 
+class SoftmaxGate(nn.Linear):
+    """MMoE's gate: ``softmax(W x)`` over the experts, ``W (num_experts, in_features)`` without bias."""
+
+    def __init__(self, in_features: int, num_experts: int) -> None:
+        super().__init__(in_features, num_experts, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.softmax(super().forward(x.flatten(start_dim=1)), dim=-1)
+
+
+Gate = Callable[[int, int], nn.Module]
+"""Builds a task's gate from the input features and the number of experts; the gate maps the
+input batch to weights ``(B, num_experts)`` that sum to one."""
+
+
 class MMoE(nn.Module):
-    """``num_experts`` experts built by ``expert(input_shape)``, a gate and a tower
-    ``head(expert width, task.num_outputs)`` per task."""
+    """``num_experts`` experts built by ``expert(input_shape)``, a gate ``gate(input features,
+    num_experts)`` and a tower ``head(expert width, task.num_outputs)`` per task."""
 
     def __init__(
         self,
@@ -38,19 +53,19 @@ class MMoE(nn.Module):
         tasks: Sequence[Task],
         input_shape: Sequence[int],
         num_experts: int = 8,
+        gate: Gate = SoftmaxGate,
     ) -> None:
         super().__init__()
         if num_experts < 1:
             raise ValueError(f"model.num_experts must be at least 1, got {num_experts}")
         self.experts = nn.ModuleList(expert(input_shape) for _ in range(num_experts))
         width = self.experts[0].out_features
-        self.gates = nn.ModuleDict({task.name: nn.Linear(math.prod(input_shape), num_experts, bias=False) for task in tasks})
+        self.gates = nn.ModuleDict({task.name: gate(math.prod(input_shape), num_experts) for task in tasks})
         self.heads = nn.ModuleDict({task.name: head(width, task.num_outputs) for task in tasks})
 
     def gate_weights(self, x: Tensor) -> dict[str, Tensor]:
         """``{task: g^k(x)}``, each ``(B, num_experts)`` and summing to one over the experts."""
-        flat = x.flatten(start_dim=1)
-        return {name: torch.softmax(gate(flat), dim=-1) for name, gate in self.gates.items()}
+        return {name: gate(x) for name, gate in self.gates.items()}
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         experts = stacked([expert(x) for expert in self.experts])  # once, for every task's mixture
