@@ -1,5 +1,6 @@
-"""MMoE, CGC and PLE: output shapes, gates on the simplex, the declared shared/task split against
-which losses reach each parameter, and training runs with a loss weighting, an aggregator and F-MTL."""
+"""MMoE, CGC, PLE, DSelect-k, cross-stitch and MTAN: output shapes, gates on the simplex, the
+declared shared/task split against which losses reach each parameter, each architecture's forward
+against its paper's formula, and training runs with a loss weighting, an aggregator and F-MTL."""
 
 import functools
 import json
@@ -9,11 +10,11 @@ import pytest
 import torch
 
 from mtl.callbacks import ExpertUtilization
-from mtl.models import MLP, PLE, CrossStitch, DSelectK, LeNet, MLPHead, MMoE, ResNet
+from mtl.models import MLP, MTAN, PLE, CrossStitch, DSelectK, LeNet, MLPHead, MMoE, ResNet
 from mtl.models.dselect_k import DSelectGate, smooth_step
 from mtl.tasks import ClassificationTask, RegressionTask
 from mtl.train import train
-from tests.conftest import compose_config
+from tests.conftest import TINY, compose_config
 
 TASKS = [ClassificationTask("a", 3), RegressionTask("b", 2), ClassificationTask("c", 2)]
 INPUT_SHAPE = (1, 2, 3)
@@ -37,22 +38,27 @@ ARCHITECTURES = {
     "ple3": functools.partial(PLE, levels=3, shared_experts=1, task_experts=1),
     "dselect_k": functools.partial(DSelectK, num_experts=4, k=2),
     "cross_stitch": CrossStitch,
+    "mtan": MTAN,
 }
-GATED = [name for name in ARCHITECTURES if name != "cross_stitch"]
+GATED = [name for name in ARCHITECTURES if name not in ("cross_stitch", "mtan")]
+CONVOLUTIONAL = {"mtan": (functools.partial(ResNet, widths=(4, 8), blocks=2), (1, 8, 8))}
+"""The encoder and input shape of the architectures that need feature maps; the others get an MLP."""
 
 
 def build(name):
     torch.manual_seed(0)
-    return ARCHITECTURES[name](functools.partial(MLP, hidden=(8, 8)), functools.partial(MLPHead, hidden=(8,)), TASKS, INPUT_SHAPE)
+    encoder, shape = CONVOLUTIONAL.get(name, (functools.partial(MLP, hidden=(8, 8)), INPUT_SHAPE))
+    return ARCHITECTURES[name](encoder, functools.partial(MLPHead, hidden=(8,)), TASKS, shape)
 
 
-def inputs():
-    return torch.randn(BATCH, *INPUT_SHAPE, generator=torch.Generator().manual_seed(1))
+def inputs(name=None):
+    shape = CONVOLUTIONAL[name][1] if name in CONVOLUTIONAL else INPUT_SHAPE
+    return torch.randn(BATCH, *shape, generator=torch.Generator().manual_seed(1))
 
 
-def reached_by(model, task):
+def reached_by(model, task, x):
     """The ids of the parameters that the loss of ``task`` alone gives a nonzero gradient."""
-    output = model(inputs())[task.name]
+    output = model(x)[task.name]
     parameters = list(model.parameters())
     gradients = torch.autograd.grad((output**2).sum(), parameters, allow_unused=True)
     return {id(parameter) for parameter, gradient in zip(parameters, gradients) if gradient is not None and gradient.abs().sum() > 0}
@@ -60,7 +66,7 @@ def reached_by(model, task):
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
 def test_every_task_gets_an_output_of_its_width(name):
-    outputs = build(name)(inputs())
+    outputs = build(name)(inputs(name))
     assert {task: tuple(output.shape) for task, output in outputs.items()} == {task.name: (BATCH, task.num_outputs) for task in TASKS}
 
 
@@ -77,7 +83,7 @@ def test_shared_and_task_parameters_split_the_model_by_the_losses_that_reach_the
     own = {task.name: {id(parameter) for parameter in model.task_parameters(task.name)} for task in TASKS}
     every = [id(parameter) for parameter in model.parameters()]
     assert sorted([*shared, *(i for ids in own.values() for i in ids)]) == sorted(every)  # a partition
-    reached = {task.name: reached_by(model, task) for task in TASKS}
+    reached = {task.name: reached_by(model, task, inputs(name)) for task in TASKS}
     for task in TASKS:
         others = set().union(*(reached[other.name] for other in TASKS if other is not task))
         assert own[task.name] <= reached[task.name] and not own[task.name] & others
@@ -213,3 +219,73 @@ def test_an_encoders_stages_compose_to_its_forward(name):
     for stage in encoder.stages():
         output = stage(output)
     assert torch.allclose(output, encoder(x))
+
+
+@pytest.mark.parametrize("name", [name for name in ENCODERS if not name.startswith("mlp")])
+def test_a_convolutional_encoders_feature_stages_end_in_feature_maps_and_compose_to_its_forward(name):
+    factory, shape = ENCODERS[name]
+    encoder = factory(shape).eval()
+    x = torch.randn(3, *shape, generator=torch.Generator().manual_seed(0))
+    stages, flatten = encoder.feature_stages()
+    output = x
+    for stage in stages:
+        output = stage(output)
+        assert output.dim() == 4
+    assert torch.allclose(flatten(output), encoder(x))
+
+
+def test_an_mtan_task_reads_its_masks_on_the_shared_stage_outputs_as_the_paper_writes_them():
+    # two stages: a_k^1 = g_k^1(u^1) ⊙ p^1, a_k^2 = g_k^2([u^2, pool(f^1(a_k^1))]) ⊙ p^2, then the head
+    model, x = build("mtan"), inputs("mtan")
+    (first, second), flatten = model.encoder.feature_stages()
+    u1 = first[:-1](x)
+    p1 = first[-1](u1)
+    u2 = second[:-1](p1)
+    p2 = second[-1](u2)
+    for task in TASKS:
+        g1, g2 = model.attention[task.name]
+        a1 = g1(u1) * p1
+        a2 = g2(torch.cat([u2, torch.nn.functional.max_pool2d(model.blocks[0](a1), 2)], dim=1)) * p2
+        assert torch.allclose(model(x)[task.name], model.heads[task.name](flatten(a2)), atol=1e-5)
+
+
+def test_mtan_masks_lie_in_the_unit_interval_shaped_like_the_stage_outputs():
+    model, x = build("mtan"), inputs("mtan")
+    stages, _ = model.encoder.feature_stages()
+    shapes, output = [], x
+    for stage in stages:
+        output = stage(output)
+        shapes.append(output.shape)
+    for masks in model.attention_masks(x).values():
+        assert [mask.shape for mask in masks] == shapes
+        assert all(torch.all((mask > 0) & (mask < 1)) for mask in masks)
+
+
+def test_mtan_with_masks_of_one_is_the_shared_network():
+    model, x = build("mtan"), inputs("mtan")
+    with torch.no_grad():
+        for attention in model.attention.values():
+            for mask in attention:
+                mask[-2].weight.zero_()  # the last BatchNorm: sigmoid(0 * z + 30) = 1 in float32
+                mask[-2].bias.fill_(30.0)
+    for task in TASKS:
+        assert torch.allclose(model(x)[task.name], model.heads[task.name](model.encoder(x)))
+
+
+@pytest.mark.parametrize(
+    ("encoder", "error", "message"),
+    [
+        (functools.partial(MLP, hidden=(8,)), TypeError, "MLP computes no feature maps"),
+        (functools.partial(ResNet, widths=(4, 8), blocks=1), ValueError, "stage 1 of ResNet is one layer; .* blocks >= 2"),
+    ],
+)
+def test_mtan_refuses_an_encoder_it_cannot_attend_to(encoder, error, message):
+    with pytest.raises(error, match=message):
+        MTAN(encoder, MLPHead, TASKS, (1, 8, 8))
+
+
+@pytest.mark.parametrize("options", [["method=ew"], ["method=mgda"], ["method=ew", "sam=fmtl"]])
+def test_mtan_trains_with_a_weighting_an_aggregator_and_fmtl(options, tmp_path):
+    results = train(compose_config([*TINY, "model=mtan", "model.encoder.widths=[4,8]", *options], tmp_path / "run"))
+    assert results["global_step"] > 0
+    assert all(math.isfinite(value) for metrics in results["test"].values() for value in metrics.values())

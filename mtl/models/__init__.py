@@ -6,6 +6,7 @@ from mtl.models.encoders import MLP, Encoder, LeNet, ResNet
 from mtl.models.hard_sharing import HardParameterSharing
 from mtl.models.heads import MLPHead
 from mtl.models.mmoe import MMoE
+from mtl.models.mtan import MTAN
 from mtl.models.ple import PLE
 
-__all__ = ["MLP", "CrossStitch", "DSelectK", "Encoder", "HardParameterSharing", "LeNet", "MLPHead", "MMoE", "PLE", "ResNet"]
+__all__ = ["MLP", "CrossStitch", "DSelectK", "Encoder", "HardParameterSharing", "LeNet", "MLPHead", "MMoE", "MTAN", "PLE", "ResNet"]

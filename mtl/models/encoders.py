@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
+
+
+class FeatureStages(NamedTuple):
+    """A convolutional encoder's forward as ``stages``, each ending in a feature map ``(B, C, H, W)``,
+    then ``flatten``, which maps the last map to the flat representation. Views of the encoder's
+    modules: their composition is its forward."""
+
+    stages: list[nn.Sequential]
+    flatten: nn.Module
 
 
 class Encoder(nn.Module):
@@ -14,13 +24,17 @@ class Encoder(nn.Module):
 
     ``stages()`` splits the forward into the modules whose composition it is, at the points where
     an architecture may join several copies of the encoder (cross-stitch units); an encoder that
-    does not split is one stage.
+    does not split is one stage. A convolutional encoder also cuts its forward at its feature maps,
+    ``feature_stages()``, where an architecture may attend to them (MTAN).
     """
 
     out_features: int
 
     def stages(self) -> list[nn.Module]:
         return [self]
+
+    def feature_stages(self) -> FeatureStages:
+        raise TypeError(f"{type(self).__name__} computes no feature maps; use a convolutional encoder (mtl.models.ResNet, mtl.models.LeNet)")
 
 
 class MLP(Encoder):
@@ -87,6 +101,11 @@ class LeNet(Encoder):
         """The first convolution block, the second (flattened), the projection."""
         return [*split_at(self.convolutions, [3, len(self.convolutions)]), self.projection]
 
+    def feature_stages(self) -> FeatureStages:
+        """The two convolution blocks, then the flattening and the projection."""
+        *blocks, flatten = self.convolutions
+        return FeatureStages(split_at(nn.Sequential(*blocks), [3, len(blocks)]), nn.Sequential(flatten, self.projection))
+
 
 class BasicBlock(nn.Module):
     """The two-convolution residual block of He et al. 2016 (arXiv:1512.03385)."""
@@ -142,6 +161,7 @@ class ResNet(Encoder):
                 layers.append(BasicBlock(channels, width, stride))
                 channels = width
             self.stage_ends.append(len(layers))
+        self.feature_ends = self.stage_ends[1:]  # the stem joins the first stage: each ends in a residual block
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         if features is not None:
             layers += [nn.Linear(channels, features), nn.ReLU()]
@@ -156,6 +176,12 @@ class ResNet(Encoder):
     def stages(self) -> list[nn.Module]:
         """The stem, then one stage per entry of ``widths`` (the last with the pooling)."""
         return split_at(self.layers, self.stage_ends)
+
+    def feature_stages(self) -> FeatureStages:
+        """One stage per entry of ``widths``, the first led by the stem (as LibMTL's MTAN cuts a
+        ResNet), then the pooling (and projection)."""
+        pooling = self.feature_ends[-1]
+        return FeatureStages(split_at(self.layers[:pooling], self.feature_ends), self.layers[pooling:])
 
 
 def split_at(layers: nn.Sequential, ends: Sequence[int]) -> list[nn.Module]:

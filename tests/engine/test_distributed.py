@@ -46,6 +46,7 @@ CASES = {
     "dselect_k_ew": ["model=dselect_k", "method=ew"],
     "cross_stitch_pcgrad": ["model=cross_stitch", "method=pcgrad"],
     "mmoe_fmtl": ["model=mmoe", "method=ew", "sam=fmtl", "sam.rho=0.05"],
+    "mtan_mgda": ["model=mtan", "model.encoder.widths=[4,8]", "method=mgda"],
     "sam_pcgrad": ["method=pcgrad", "sam=sam"],
     "gsam_uw": ["method=uw", "sam=gsam"],
     "mgda_local": ["method=mgda", "distributed.sync=local"],
@@ -57,6 +58,16 @@ The mixture-of-experts models take the engine's general path (no single represen
 STCH weights the losses nonlinearly, GradNorm needs gradient norms and FAMO the losses after the
 step: each sees the global values only if they are shared."""
 
+WITHOUT_BATCH_STATISTICS = {"mtan_mgda"}
+"""Cases whose BatchNorm layers keep only their affine part: under DDP each process normalizes over
+its own samples unless ``trainer.sync_batchnorm`` (GPUs only), so what these cases check is the
+engine's exact path through the architecture's graph."""
+
+
+def affine_part(layer: torch.nn.BatchNorm2d):
+    """``layer``'s per-channel scale and shift alone, which treat each sample on its own."""
+    return lambda features: features * layer.weight[:, None, None] + layer.bias[:, None, None]
+
 
 def train_steps(overrides: list[str], root: Path, name: str, devices: int) -> dict[str, torch.Tensor]:
     """The model's parameters after ``STEPS`` steps of the tiny default experiment on ``devices``
@@ -64,6 +75,10 @@ def train_steps(overrides: list[str], root: Path, name: str, devices: int) -> di
     cfg = compose_config([*TINY, "optimizer=sgd", f"data.batch_size={GLOBAL_BATCH // devices}", *overrides], root / f"{name}-{devices}")
     pl.seed_everything(cfg.seed)
     datamodule, module = build_datamodule_and_module(cfg)
+    if name in WITHOUT_BATCH_STATISTICS:
+        for layer in module.modules():
+            if isinstance(layer, torch.nn.BatchNorm2d):
+                layer.forward = affine_part(layer)  # on the layer objects, wherever the model holds them
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=devices,
