@@ -19,6 +19,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from mtl.build import build_datamodule_and_module, build_trainer, logger_runs
+from mtl.callbacks import LastEpochsMean
 from mtl.checkpoints import WEIGHTS_ONLY, CheckpointError, check_resumable, load_model_weights, read_checkpoint
 from mtl.console import print_config_tree, print_results_table
 from mtl.engine.host_memory import retain_freed_host_memory
@@ -52,7 +53,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         results = fit_and_test(cfg, trainer, datamodule, module)
     results["higher_is_better"] = higher_is_better
     if baselines is not None:
-        results["delta_m"] = {stage: delta_m(results[stage], baselines, higher_is_better) for stage in ("validation", "test")}
+        stages = [stage for stage in ("validation", "test", "last_epochs") if stage in results]
+        results["delta_m"] = {stage: delta_m(results[stage], baselines, higher_is_better) for stage in stages}
     if trainer.is_global_zero:
         write_json(output_dir / "results.json", results)
         print_results_table("test metrics", results["test"])
@@ -82,7 +84,9 @@ def fit_and_test(cfg: DictConfig, trainer: pl.Trainer, datamodule: pl.LightningD
     if best is None:
         log.warning("No checkpoint was saved; testing the weights at the end of training")
     (test_metrics,) = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=WEIGHTS_ONLY)
+    averaged = [callback.mean() for callback in trainer.callbacks if isinstance(callback, LastEpochsMean)]
     return {
+        **({"last_epochs": nest_metrics(averaged[0], "val")} if averaged else {}),
         "test": nest_metrics(test_metrics, "test"),
         "validation": last_validation,
         "checkpoint": best,

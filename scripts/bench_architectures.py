@@ -10,8 +10,9 @@ one shared expert and one per task. Both sides get the same modules (LibMTL's ex
 the same factory, its towers are copies of ours), the same batch, and run in training mode. One
 step is zero grad, forward, the sum of the tasks' cross-entropies, backward: the architecture's
 cost alone, without a weighting method. Every variant runs once per round
-(``bench_timing.interleaved_rounds``); the table gives the median over ``--rounds`` rounds after
-``--warmup``, and ours / LibMTL's.
+(``bench_timing.interleaved_rounds``), the tabular and the ResNet-18 families in rounds of their
+own (``--rounds`` after ``--warmup``; ``--image-rounds`` after ``--image-warmup``); the table gives
+the medians, and ours / LibMTL's.
 
 MTAN and cross-stitch run on a ResNet-18 (``--image-size`` RGB images, batch
 ``--image-batch-size``; LibMTL cuts a ResNet by torchvision's attribute names, which
@@ -131,9 +132,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--image-size", type=int, default=64, help="height and width of the ResNet-18's inputs (a multiple of 32)")
     parser.add_argument("--image-batch-size", type=int, default=16)
+    parser.add_argument("--image-warmup", type=int, default=5)
+    parser.add_argument("--image-rounds", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--architectures", nargs="+", default=[*TABULAR, *CONVOLUTIONAL], choices=[*TABULAR, *CONVOLUTIONAL])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(0)
@@ -141,28 +145,32 @@ def main() -> None:
     labels = {task.name: torch.randint(0, 2, (args.batch_size,), generator=generator) for task in TASKS}
     images = torch.randn(args.image_batch_size, 3, args.image_size, args.image_size, generator=generator)
     image_labels = {task.name: torch.randint(0, 2, (args.image_batch_size,), generator=generator) for task in TASKS}
-    runs = {}
-    for name in TABULAR:
+    tabular, convolutional = {}, {}
+    for name in (name for name in TABULAR if name in args.architectures):
         torch.manual_seed(0)
         model = ours(name, args.features).train()
-        runs[f"{name} mtl"] = step(model, inputs, labels)
-        runs[f"{name} LibMTL"] = step(theirs(name, args.features, model.heads).train(), inputs, labels)
-    for name in CONVOLUTIONAL:
+        tabular[f"{name} mtl"] = step(model, inputs, labels)
+        tabular[f"{name} LibMTL"] = step(theirs(name, args.features, model.heads).train(), inputs, labels)
+    for name in (name for name in CONVOLUTIONAL if name in args.architectures):
         torch.manual_seed(0)
         model = ours_convolutional(name, args.image_size).train()
         peer = theirs_convolutional(name, model).train()
         if name == "MTAN":
             check_same_outputs(model, peer, images)
-        runs[f"{name} mtl"] = step(model, images, image_labels)
-        runs[f"{name} LibMTL"] = step(peer, images, image_labels)
-    timings = interleaved_rounds(runs, args.warmup, args.rounds, description="rounds")
+        convolutional[f"{name} mtl"] = step(model, images, image_labels)
+        convolutional[f"{name} LibMTL"] = step(peer, images, image_labels)
+    # each family interleaved apart: a millisecond step timed right after a ResNet's pays for its cold caches
+    timings = interleaved_rounds(tabular, args.warmup, args.rounds, description="tabular rounds") if tabular else {}
+    if convolutional:
+        timings |= interleaved_rounds(convolutional, args.image_warmup, args.image_rounds, description="ResNet-18 rounds")
     print(
-        f"torch {torch.__version__}, {args.threads} threads; tabular: batch {args.batch_size}, {args.features} features; "
-        f"ResNet-18: batch {args.image_batch_size} of 3x{args.image_size}x{args.image_size}; median of {args.rounds} interleaved rounds after {args.warmup}\n"
+        f"torch {torch.__version__}, {args.threads} threads; "
+        f"tabular: batch {args.batch_size}, {args.features} features, median of {args.rounds} interleaved rounds after {args.warmup}; "
+        f"ResNet-18: batch {args.image_batch_size} of 3x{args.image_size}x{args.image_size}, median of {args.image_rounds} rounds after {args.image_warmup}\n"
     )
     print("| architecture | mtl (ms) | LibMTL 1.1.5 (ms) | mtl / LibMTL |")
     print("| --- | --- | --- | --- |")
-    for name in (*TABULAR, *CONVOLUTIONAL):
+    for name in args.architectures:
         mine, their = (1e3 * statistics.median(timings[f"{name} {side}"]) for side in ("mtl", "LibMTL"))
         print(f"| {name} | {mine:.3f} | {their:.3f} | {mine / their:.2f} |")
 

@@ -2,5 +2,6 @@
 
 from mtl.callbacks.expert_utilization import ExpertUtilization
 from mtl.callbacks.gradient_conflict import GradientConflict, cosine_similarities
+from mtl.callbacks.last_epochs_mean import LastEpochsMean
 
-__all__ = ["ExpertUtilization", "GradientConflict", "cosine_similarities"]
+__all__ = ["ExpertUtilization", "GradientConflict", "LastEpochsMean", "cosine_similarities"]

@@ -8,5 +8,7 @@ from mtl.models.heads import MLPHead
 from mtl.models.mmoe import MMoE
 from mtl.models.mtan import MTAN
 from mtl.models.ple import PLE
+from mtl.models.segnet import DenseHead, SegNet
+from mtl.models.segnet_mtan import SegNetMTAN
 
-__all__ = ["MLP", "CrossStitch", "DSelectK", "Encoder", "HardParameterSharing", "LeNet", "MLPHead", "MMoE", "MTAN", "PLE", "ResNet"]
+__all__ = ["MLP", "CrossStitch", "DSelectK", "DenseHead", "Encoder", "HardParameterSharing", "LeNet", "MLPHead", "MMoE", "MTAN", "PLE", "ResNet", "SegNet", "SegNetMTAN"]
