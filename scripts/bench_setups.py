@@ -16,6 +16,12 @@ sees the same model and the same batch.
   CIFAR-style ResNet-18 of Sener & Koltun's CelebA model (3×3 stride-1 stem, no max-pool), with
   global average pooling to 512 features. The batch is small because one backward pass through
   it takes about half a second on two CPU cores, and an exact Jacobian needs 40 of them.
+- ``segnet-mtan-nyuv2``: SegNet-MTAN (``mtl.models.SegNetMTAN``, 44.2M parameters) at NYUv2's
+  shape, 3×288×384, with its three tasks (13-class segmentation, depth, normals; random targets,
+  every pixel labelled), batch 2 (the protocol's; ``--batch-size segnet-mtan-nyuv2=8`` for
+  CityScapes' batch). No single representation feeds its heads: aggregators take the general path,
+  and no peer runs it (LibMTL's and TorchJD's steps here split a model at its shared
+  representation).
 """
 
 from __future__ import annotations
@@ -27,8 +33,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mtl.models import MLP, HardParameterSharing, LeNet, MLPHead, ResNet
-from mtl.tasks import INPUT_KEY, ClassificationTask
+from mtl.dense_tasks import DepthTask, SegmentationTask, SurfaceNormalTask
+from mtl.models import MLP, HardParameterSharing, LeNet, MLPHead, ResNet, SegNetMTAN
+from mtl.tasks import INPUT_KEY, ClassificationTask, Task
 
 
 @dataclass(frozen=True)
@@ -75,5 +82,32 @@ def resnet18() -> Setup:
     return Setup("resnet18-k40", encoder, MLPHead, 40, 2, (3, 64, 64), 8)
 
 
-SETUPS: dict[str, Setup] = {setup.name: setup for setup in (mlp(10), mlp(40), lenet(), resnet18())}
+@dataclass(frozen=True)
+class DenseSetup:
+    """SegNet-MTAN on NYUv2-shaped batches: ``Setup``'s interface for the dense benchmark."""
+
+    name: str = "segnet-mtan-nyuv2"
+    input_shape: tuple[int, ...] = (3, 288, 384)
+    batch_size: int = 2
+
+    def tasks(self) -> list[Task]:
+        return [SegmentationTask("segmentation", 13), DepthTask("depth"), SurfaceNormalTask("normal")]
+
+    def model(self, seed: int = 0) -> SegNetMTAN:
+        torch.manual_seed(seed)
+        return SegNetMTAN(self.tasks(), self.input_shape)
+
+    def batch(self, batch_size: int, device: torch.device, seed: int = 0) -> dict[str, Tensor]:
+        generator = torch.Generator().manual_seed(seed)
+        _, height, width = self.input_shape
+        batch = {
+            INPUT_KEY: torch.randn(batch_size, *self.input_shape, generator=generator),
+            "segmentation": torch.randint(0, 13, (batch_size, height, width), generator=generator),
+            "depth": torch.rand(batch_size, 1, height, width, generator=generator) * 10 + 0.1,
+            "normal": torch.nn.functional.normalize(torch.randn(batch_size, 3, height, width, generator=generator), dim=1),
+        }
+        return {key: value.to(device) for key, value in batch.items()}
+
+
+SETUPS: dict[str, Setup | DenseSetup] = {setup.name: setup for setup in (mlp(10), mlp(40), lenet(), resnet18(), DenseSetup())}
 """Every setup by name, in the order the report lists them."""

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from mtl.build import build_datamodule_and_module, build_trainer
 from mtl.train import CONFIG_DIR
 from tests.conftest import SHARED_ADULT, compose_config
+from tests.dense_fixtures import write_cityscapes, write_nyuv2
 
 GROUP_OPTIONS = sorted(
     (path.parent.name, path.stem)
@@ -24,14 +25,27 @@ NEEDS = {
     ("method", "stl"): ["method.task=left"],
     ("data", "adult"): [f"data.root={SHARED_ADULT}"],
     ("experiment", "adult_mmoe"): [f"data.root={SHARED_ADULT}"],
+    ("data", "nyuv2"): ["data.root={nyuv2}"],
+    ("data", "cityscapes"): ["data.root={cityscapes}"],
+    ("model", "segnet"): ["data=nyuv2", "data.root={nyuv2}"],
+    ("model", "segnet_mtan"): ["data=nyuv2", "data.root={nyuv2}"],
+    ("experiment", "nyuv2_segnet_mtan"): ["data.root={nyuv2}"],
+    ("experiment", "cityscapes_segnet_mtan"): ["data.root={cityscapes}"],
 }
 """Options that do not fit the default experiment, with what they need (LeNet needs a larger canvas,
-single-task training the name of its task, Adult the shared files)."""
+single-task training the name of its task, Adult the shared files, the dense benchmarks and
+SegNet fixtures in the releases' format: ``{nyuv2}`` and ``{cityscapes}`` are their roots)."""
+
+
+@pytest.fixture(scope="module")
+def dense_roots(tmp_path_factory):
+    return {"nyuv2": write_nyuv2(tmp_path_factory.mktemp("nyuv2")), "cityscapes": write_cityscapes(tmp_path_factory.mktemp("cityscapes"))}
 
 
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
-def test_every_group_option_composes_and_builds(group, option, tmp_path):
-    cfg = compose_config([f"{group}={option}", *NEEDS.get((group, option), [])], tmp_path / "run")
+def test_every_group_option_composes_and_builds(group, option, tmp_path, dense_roots):
+    needs = [override.format(**dense_roots) for override in NEEDS.get((group, option), [])]
+    cfg = compose_config([f"{group}={option}", *needs], tmp_path / "run")
     if group in ("optimizer", "scheduler"):
         optimizer = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
         if cfg.get("scheduler"):

@@ -214,3 +214,18 @@ def test_the_best_epoch_follows_the_metric_and_mode_of_the_runs_checkpoint(tmp_p
     (run,) = find_runs(tmp_path / "sweep")
     assert run.monitor == ("val/mean/loss", "min")
     assert best_epochs(Group(("ew",), [run])) == [2]  # the lowest loss, not the highest accuracy (epoch 1)
+
+
+def test_the_last_epochs_stage_compares_the_mean_of_the_last_epochs_and_lists_runs_without_it(tmp_path):
+    for name, (test, last) in {"0": (0.80, 0.70), "1": (0.84, 0.74)}.items():
+        make_run(tmp_path / "sweep", name, "ew", test, 0.9)
+        results_file = tmp_path / "sweep" / name / "results.json"
+        results = json.loads(results_file.read_text())
+        results["last_epochs"] = {"left": {"accuracy": last}, "right": {"accuracy": 0.9}}
+        results_file.write_text(json.dumps(results))
+    make_run(tmp_path / "sweep", "2", "mgda", 0.9, 0.9)  # trained without callbacks=last_epochs_mean
+    text = report(tmp_path / "sweep", ["method"], None, tmp_path / "report", stage="last_epochs")
+    assert text.splitlines()[2].startswith("| ew | 2 | 0.7200 ± 0.0283 | 0.9000 ± 0.0000 |")
+    assert f"- `{tmp_path / 'sweep' / '2'}`: results.json has no 'last_epochs' (it needs callbacks=last_epochs_mean)" in text
+    with pytest.raises(ValueError, match=r"unknown stage 'best'; valid choices: \['test', 'last_epochs'\]"):
+        find_runs(tmp_path / "sweep", "best")

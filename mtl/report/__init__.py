@@ -8,7 +8,9 @@ Writes ``report.md``, ``report.csv``, for two or more tasks ``pareto.png`` and `
 (per-task trade-off with the Pareto front highlighted), and, from the runs' CSV logs,
 ``curves.png`` and ``curves.pdf`` (training and validation curves per group, mean over seeds)
 into ``--out``. ``--versus sam=none`` adds each group's differences from the group that ran with
-``sam=none`` instead, paired by seed.
+``sam=none`` instead, paired by seed. ``--stage last_epochs`` compares the mean of each run's last
+epochs' validation metrics (``callbacks=last_epochs_mean``, the NYUv2/CityScapes protocol)
+instead of its checkpoint's test metrics.
 
 The Δm% baselines ``{task: {metric: value}}`` come from the first of:
 

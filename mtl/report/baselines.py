@@ -20,7 +20,7 @@ def measured_baselines(runs: list[Run]) -> tuple[dict[str, dict[str, float]], li
             by_task[run.single_task].append(run)
     baselines, rows = {}, []
     for task, task_runs in sorted(by_task.items()):
-        values = {metric: [run.results["test"][task][metric] for run in task_runs] for metric in task_runs[0].results["test"][task]}
+        values = {metric: [run.scores[task][metric] for run in task_runs] for metric in task_runs[0].scores[task]}
         baselines[task] = {metric: statistics.fmean(series) for metric, series in values.items()}
         rows.append({"single_task": task, "runs": len(task_runs), **{f"{task}/{metric}": mean_and_spread(series) for metric, series in values.items()}})
     return baselines, rows

@@ -13,6 +13,10 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
+STAGES = ("test", "last_epochs")
+"""What a report compares: the test metrics of the run's checkpoint, or the mean of its last
+epochs' validation metrics (``callbacks=last_epochs_mean``, the dense benchmarks' protocol)."""
+
 
 @dataclass
 class Run:
@@ -20,6 +24,12 @@ class Run:
     choices: dict[str, str]
     results: dict[str, Any] | None
     error: str = ""
+    stage: str = "test"
+
+    @property
+    def scores(self) -> dict[str, dict[str, float]]:
+        """``{task: {metric: value}}`` of the stage the report compares."""
+        return self.results[self.stage]
 
     @property
     def monitor(self) -> tuple[str, str]:
@@ -46,28 +56,34 @@ class Group:
         return [run for run in self.runs if run.results is not None]
 
     def values(self, task: str, metric: str) -> list[float]:
-        return [run.results["test"][task][metric] for run in self.finished if metric in run.results["test"].get(task, {})]
+        return [run.scores[task][metric] for run in self.finished if metric in run.scores.get(task, {})]
 
     def mean_scores(self) -> dict[str, dict[str, float]]:
         scores: dict[str, dict[str, float]] = defaultdict(dict)
-        for task, metrics in self.finished[0].results["test"].items():
+        for task, metrics in self.finished[0].scores.items():
             for metric in metrics:
                 scores[task][metric] = statistics.fmean(self.values(task, metric))
         return scores
 
 
-def find_runs(sweep_dir: Path) -> list[Run]:
-    """Every Hydra job directory under ``sweep_dir``, with its config choices and results (None if it failed)."""
+def find_runs(sweep_dir: Path, stage: str = "test") -> list[Run]:
+    """Every Hydra job directory under ``sweep_dir``, with its config choices and results (None if
+    it failed, or has no ``stage`` in its results)."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage '{stage}'; valid choices: {list(STAGES)}")
     runs = []
     for hydra_dir in sorted(sweep_dir.rglob(".hydra")):
         path = hydra_dir.parent
         hydra_config = yaml.safe_load((hydra_dir / "hydra.yaml").read_text()) if (hydra_dir / "hydra.yaml").is_file() else {}
         choices = {key: str(value) for key, value in hydra_config.get("hydra", {}).get("runtime", {}).get("choices", {}).items()}
         results_file = path / "results.json"
-        if results_file.is_file():
-            runs.append(Run(path, choices, json.loads(results_file.read_text())))
+        results = json.loads(results_file.read_text()) if results_file.is_file() else None
+        if results is None:
+            runs.append(Run(path, choices, None, last_log_line(path), stage))
+        elif stage not in results:
+            runs.append(Run(path, choices, None, f"results.json has no '{stage}' (it needs callbacks=last_epochs_mean)", stage))
         else:
-            runs.append(Run(path, choices, None, last_log_line(path)))
+            runs.append(Run(path, choices, results, stage=stage))
     return runs
 
 

@@ -20,7 +20,7 @@ def summary_rows(groups: list[Group], keys: list[str], baselines: dict | None) -
             continue
         row: dict[str, Any] = dict(zip(keys, group.key))
         row["runs"] = len(group.finished)
-        for task, metrics in group.finished[0].results["test"].items():
+        for task, metrics in group.finished[0].scores.items():
             for metric in metrics:
                 row[f"{task}/{metric}"] = mean_and_spread(group.values(task, metric))
         if baselines is not None:
@@ -70,8 +70,8 @@ def paired_rows(groups: list[Group], keys: list[str], versus: tuple[str, str]) -
         against = by_key.get((*group.key[:position], reference, *group.key[position + 1 :]))
         if group.key[position] == reference or against is None:
             continue
-        references = {run.results["seed"]: run.results["test"] for run in against.finished if run.results.get("seed") is not None}
-        pairs = [(run.results["test"], references[run.results.get("seed")]) for run in group.finished if run.results.get("seed") in references]
+        references = {run.results["seed"]: run.scores for run in against.finished if run.results.get("seed") is not None}
+        pairs = [(run.scores, references[run.results.get("seed")]) for run in group.finished if run.results.get("seed") in references]
         if not pairs:
             continue
         row: dict[str, Any] = dict(zip(keys, group.key))
