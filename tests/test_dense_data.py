@@ -1,6 +1,8 @@
 """NYUv2 and CityScapes read from fixtures in MTAN's on-disk format: shapes, dtypes and values as
-stored, the unlabelled pixels, the error for an incomplete release, and the official augmentation
-drawn from (seed, epoch, index)."""
+stored, the unlabelled pixels, the error for an incomplete release, the official augmentation
+drawn from (seed, epoch, index), and the download of a release archive (from a local file URL)."""
+
+import zipfile
 
 import numpy as np
 import pytest
@@ -109,3 +111,19 @@ def test_augmented_training_samples_depend_on_the_seed_epoch_and_index_alone(nyu
     assert any(not torch.equal(first[key], next_epoch[key]) for key in first)
     assert isinstance(data.train_dataloader().sampler, EpochIndexSampler)
     assert torch.equal(data.splits["val"][1]["input"], NYUv2(str(nyuv2_root)).datasets["val"][1]["input"])  # evaluation is never augmented
+
+
+def test_download_unpacks_the_release_archive_as_the_root_and_a_missing_release_says_how_to_fetch_it(tmp_path):
+    release = write_nyuv2(tmp_path / "source" / "nyuv2")
+    archive = tmp_path / "nyuv2.zip"
+    with zipfile.ZipFile(archive, "w") as packed:  # as the release's archive: one top directory
+        for path in sorted(release.rglob("*.npy")):
+            packed.write(path, path.relative_to(release.parent))
+    root = tmp_path / "data" / "nyuv2"
+    with pytest.raises(FileNotFoundError, match=r"set data.download=true to fetch the release from https://www.dropbox.com/"):
+        NYUv2(str(root))
+    data = NYUv2(str(root), download=True, url=archive.as_uri())
+    data.setup()
+    stored = torch.from_numpy(np.load(release / "val" / "image" / "0.npy")).permute(2, 0, 1)
+    assert len(data.splits["train"]) == SPLITS["train"] and torch.equal(data.splits["val"][0]["input"], stored)
+    assert sorted(path.name for path in root.parent.iterdir()) == ["nyuv2"]  # no archive or scratch left beside it

@@ -14,16 +14,24 @@ and the depth, which is divided by ``s``: the scene comes closer), then with pro
 left-right flip that also negates the normals' x component. Its random draws come from
 ``(seed, epoch, index)`` alone (``EpochIndexSampler``), so a resumed run sees the crops of a run that
 was never interrupted, with any number of loader workers.
+
+With ``download``, a release missing under ``root`` is fetched from its archive (``fetch_release``)
+before it is read; nothing is downloaded otherwise.
 """
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
+import tempfile
+import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.hub
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -72,17 +80,36 @@ def scale_crop_flip(sample: dict[str, Tensor], generator: random.Random) -> dict
     return augmented
 
 
+def fetch_release(root: Path, url: str) -> None:
+    """Download the zip archive at ``url`` and unpack its release as ``root``: the directory in the
+    archive that holds ``train`` and ``val`` becomes ``root``. The archive and the unpacked files
+    stay in temporary places beside ``root`` until the last rename, so an interrupted fetch leaves
+    nothing that looks like a release."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{root.name}-", dir=root.parent) as scratch:
+        archive = Path(scratch) / "release.zip"
+        torch.hub.download_url_to_file(url, str(archive), progress=True)
+        with zipfile.ZipFile(archive) as opened:
+            opened.extractall(Path(scratch) / "unpacked")
+        releases = [path.parent for path in sorted((Path(scratch) / "unpacked").rglob("train")) if (path.parent / "val").is_dir()]
+        if not releases:
+            raise FileNotFoundError(f"the archive at {url} holds no directory with train/ and val/")
+        if root.exists():
+            shutil.rmtree(root)  # an incomplete copy: the release replaces it
+        os.replace(releases[0], root)
+
+
 class NpyFolders(Dataset):
     """The samples of one split directory: ``folders`` maps each batch key to its folder. An item
     is an index (the sample as stored) or, with ``augment``, an ``(epoch, index)`` pair (the sample
     augmented with draws from ``(seed, epoch, index)``)."""
 
-    def __init__(self, directory: Path, folders: Mapping[str, str], name: str, augment: bool = False, seed: int = 0) -> None:
+    def __init__(self, directory: Path, folders: Mapping[str, str], name: str, augment: bool = False, seed: int = 0, hint: str = "") -> None:
         count, missing = missing_files(directory, folders)
         if missing:
             layout = f"{directory}/{{{','.join(folders.values())}}}/<i>.npy"
             shown = ", ".join(str(path) for path in missing[:SHOWN]) + (f" and {len(missing) - SHOWN} more" if len(missing) > SHOWN else "")
-            raise FileNotFoundError(f"{name} is not complete at {directory}: expected {layout} for i = 0 .. N-1 (MTAN's preprocessed release); missing {shown}")
+            raise FileNotFoundError(f"{name} is not complete at {directory}: expected {layout} for i = 0 .. N-1 (MTAN's preprocessed release); missing {shown}{hint}")
         self.directory, self.folders, self.count = directory, dict(folders), count
         self.augment, self.seed = augment, seed
 
@@ -120,15 +147,20 @@ class NpyFoldersDataModule(MultiTaskDataModule):
     """A benchmark in MTAN's layout under ``root``: ``train`` trains, and ``val``, the release's
     held-out split, is both the validation and the test split, as the papers that report on it
     evaluate (their "test" numbers are on this split). With ``augmentation`` the training samples
-    are augmented (``scale_crop_flip``). Subclasses set ``name``, ``folders`` and ``tasks``."""
+    are augmented (``scale_crop_flip``). With ``download``, a release missing under ``root`` is
+    fetched from ``url`` (default: the release's). Subclasses set ``name``, ``folders``, ``url``
+    and ``tasks``."""
 
     name: str
     folders: dict[str, str]
+    url: str
 
     def __init__(
         self,
         root: str | Path,
         augmentation: bool = False,
+        download: bool = False,
+        url: str | None = None,
         batch_size: int = 2,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -138,7 +170,13 @@ class NpyFoldersDataModule(MultiTaskDataModule):
         super().__init__(batch_size, eval_batch_size, num_workers, seed, shuffle_seed)
         self.root = Path(root)
         self.augmentation = augmentation
-        self.datasets = {split: NpyFolders(self.root / split, self.folders, self.name, augment=augmentation and split == "train", seed=shuffle_seed) for split in ("train", "val")}
+        url = url or self.url
+        if download and any(missing_files(self.root / split, self.folders)[1] for split in ("train", "val")):
+            fetch_release(self.root, url)
+        hint = "" if download else f"; set data.download=true to fetch the release from {url}"
+        self.datasets = {
+            split: NpyFolders(self.root / split, self.folders, self.name, augment=augmentation and split == "train", seed=shuffle_seed, hint=hint) for split in ("train", "val")
+        }
         self.input_shape = tuple(self.datasets["train"].load(0)[INPUT_KEY].shape)
 
     def build_splits(self) -> dict[str, NpyFolders]:

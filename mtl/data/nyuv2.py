@@ -2,7 +2,7 @@
 indoor scenes at 288×384, each with 13-class segmentation, depth and surface normals.
 
 The release of Liu, Johns, Davison 2019 (arXiv:1803.10704; lorenmt/mtan), which CAGrad, Nash-MTL
-and FAMO train on, read in place from ``root`` in its layout (``mtl.data.npy_folders``):
+and FAMO train on, read in place from ``root`` in its layout (``mtl.data.npy_folders``; ``download`` fetches it):
 ``{train,val}/{image,label,depth,normal}/<i>.npy``. Tasks: ``segmentation`` (13 classes; mIoU,
 pixel accuracy), ``depth`` (absolute and relative error) and ``normal`` (angle mean, median, and
 the fractions within 11.25°, 22.5° and 30°).
@@ -21,6 +21,7 @@ class NYUv2(NpyFoldersDataModule):
     """NYUv2 from ``root`` (``train`` and ``val``, MTAN's preprocessed release)."""
 
     name = "NYUv2"
+    url = "https://www.dropbox.com/s/p2nn02wijg7peiy/nyuv2.zip?dl=1"  # lorenmt/mtan's README
     folders = {INPUT_KEY: "image", "segmentation": "label", "depth": "depth", "normal": "normal"}
 
     def __init__(self, root: str, **options) -> None:
