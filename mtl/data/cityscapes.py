@@ -2,7 +2,8 @@
 street scenes at 128×256, each with 7-class segmentation and (inverse) depth.
 
 The release of Liu, Johns, Davison 2019 (arXiv:1803.10704; lorenmt/mtan), which CAGrad, Nash-MTL
-and FAMO train on, read in place from ``root`` in its layout (``mtl.data.npy_folders``; ``download`` fetches it):
+and FAMO train on, read in place from ``root`` in its layout (``mtl.data.npy_folders``; with
+``download``, fetched there first):
 ``{train,val}/{image,label_7,depth}/<i>.npy`` (the release also holds ``label_19``, the 19
 classes, which the benchmark does not use). Tasks: ``segmentation`` (7 classes; mIoU, pixel
 accuracy) and ``depth`` (absolute and relative error).

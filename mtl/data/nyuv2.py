@@ -2,7 +2,8 @@
 indoor scenes at 288×384, each with 13-class segmentation, depth and surface normals.
 
 The release of Liu, Johns, Davison 2019 (arXiv:1803.10704; lorenmt/mtan), which CAGrad, Nash-MTL
-and FAMO train on, read in place from ``root`` in its layout (``mtl.data.npy_folders``; ``download`` fetches it):
+and FAMO train on, read in place from ``root`` in its layout (``mtl.data.npy_folders``; with
+``download``, fetched there first):
 ``{train,val}/{image,label,depth,normal}/<i>.npy``. Tasks: ``segmentation`` (13 classes; mIoU,
 pixel accuracy), ``depth`` (absolute and relative error) and ``normal`` (angle mean, median, and
 the fractions within 11.25°, 22.5° and 30°).
