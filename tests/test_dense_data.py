@@ -127,3 +127,8 @@ def test_download_unpacks_the_release_archive_as_the_root_and_a_missing_release_
     stored = torch.from_numpy(np.load(release / "val" / "image" / "0.npy")).permute(2, 0, 1)
     assert len(data.splits["train"]) == SPLITS["train"] and torch.equal(data.splits["val"][0]["input"], stored)
     assert sorted(path.name for path in root.parent.iterdir()) == ["nyuv2"]  # no archive or scratch left beside it
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"unpacks the release as .*other, which holds other files"):
+        NYUv2(str(tmp_path / "other"), download=True, url=archive.as_uri())
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -82,9 +81,12 @@ def scale_crop_flip(sample: dict[str, Tensor], generator: random.Random) -> dict
 
 def fetch_release(root: Path, url: str) -> None:
     """Download the zip archive at ``url`` and unpack its release as ``root``: the directory in the
-    archive that holds ``train`` and ``val`` becomes ``root``. The archive and the unpacked files
-    stay in temporary places beside ``root`` until the last rename, so an interrupted fetch leaves
-    nothing that looks like a release."""
+    archive that holds ``train`` and ``val`` becomes ``root``, which must not exist or be empty
+    (nothing of a user's is ever replaced). The archive and the unpacked files stay in temporary
+    places beside ``root`` until the last rename, so an interrupted fetch leaves nothing that looks
+    like a release."""
+    if root.exists() and any(root.iterdir()):
+        raise FileExistsError(f"data.download=true unpacks the release as {root}, which holds other files; empty it or point data.root elsewhere")
     root.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{root.name}-", dir=root.parent) as scratch:
         archive = Path(scratch) / "release.zip"
@@ -95,7 +97,7 @@ def fetch_release(root: Path, url: str) -> None:
         if not releases:
             raise FileNotFoundError(f"the archive at {url} holds no directory with train/ and val/")
         if root.exists():
-            shutil.rmtree(root)  # an incomplete copy: the release replaces it
+            root.rmdir()
         os.replace(releases[0], root)
 
 
