@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC
+from torchmetrics.classification import BinaryAccuracy, BinaryF1Score, MulticlassAccuracy, MulticlassAUROC
 
 INPUT_KEY = "input"
 """Batch key of the model input; every other key of a batch is a task target."""
@@ -91,6 +91,23 @@ class ClassificationTask(Task):
         if self.auroc:
             metrics["auroc"] = MulticlassAUROC(self.num_outputs, ignore_index=IGNORE_INDEX)
         return MetricCollection(metrics)
+
+
+class BinaryTask(Task):
+    """A yes/no label ``(B, 1)`` (``0``/``1``, ``IGNORE_INDEX`` when missing) predicted by one logit ``(B, 1)``:
+    binary cross-entropy on the sigmoid as the loss; accuracy and F1 at probability 0.5 as the
+    metrics (the CelebA benchmark of FAMO and Nash-MTL reports F1)."""
+
+    num_outputs = 1
+
+    def loss(self, prediction: Tensor, target: Tensor) -> Tensor:
+        """Mean binary cross-entropy over the samples that have a label (0 when none has)."""
+        labelled = target != IGNORE_INDEX
+        summed = F.binary_cross_entropy_with_logits(prediction, target.clamp_min(0).to(prediction.dtype), weight=labelled.to(prediction.dtype), reduction="sum")
+        return summed / labelled.sum().clamp_min(1)
+
+    def metrics(self) -> MetricCollection:
+        return MetricCollection({"accuracy": BinaryAccuracy(ignore_index=IGNORE_INDEX), "f1": BinaryF1Score(ignore_index=IGNORE_INDEX)})
 
 
 class RegressionTask(Task):

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from mtl.tasks import IGNORE_INDEX, ClassificationTask, MissingTargetError, stack_losses
+from mtl.tasks import IGNORE_INDEX, BinaryTask, ClassificationTask, MissingTargetError, stack_losses
 
 
 def test_cross_entropy_matches_hand_computation_and_skips_missing_labels():
@@ -52,3 +52,16 @@ def test_a_task_reads_its_own_target_key():
 def test_fewer_than_two_classes_is_rejected():
     with pytest.raises(ValueError, match="num_classes must be at least 2, got 1"):
         ClassificationTask("digit", 1)
+
+
+def test_a_binary_task_takes_the_cross_entropy_of_its_logit_and_f1_at_one_half_skipping_missing_labels():
+    task = BinaryTask("smiling")
+    logits, labels = torch.tensor([[2.0], [-1.0], [0.5], [3.0]]), torch.tensor([[1], [1], [0], [IGNORE_INDEX]])
+    expected = (math.log(1 + math.exp(-2.0)) + math.log(1 + math.exp(1.0)) + math.log(1 + math.exp(0.5))) / 3
+    assert task.loss(logits, labels).item() == pytest.approx(expected, rel=1e-6)
+    metrics = task.metrics()
+    metrics.update(logits, labels)
+    scores = {name: value.item() for name, value in metrics.compute().items()}
+    # predicted 1, 0, 1 for labels 1, 1, 0: one true positive, one false positive, one false negative
+    assert scores == {"accuracy": pytest.approx(1 / 3), "f1": pytest.approx(0.5)}
+    assert task.higher_is_better() == {"accuracy": True, "f1": True}

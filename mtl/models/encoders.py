@@ -184,6 +184,35 @@ class ResNet(Encoder):
         return FeatureStages(split_at(self.layers[:pooling], self.feature_ends), self.layers[pooling:])
 
 
+def conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
+    """``3x3 conv (no bias) → BN → ReLU``."""
+    return [nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU()]
+
+
+class CelebACNN(Encoder):
+    """The 9-layer network of FAMO's and Nash-MTL's CelebA benchmark (Liu et al. 2023,
+    arXiv:2306.03792; Cranial-XIX/FAMO ``experiments/celeba/models.py``): seven ``3x3 conv → BN →
+    ReLU`` layers of widths ``64 | 128 128 | 256 256 | 512 512``, a 2x2 max-pool after each group
+    but the last, global average pooling, then two ``Linear (no bias) → BN → ReLU`` layers of
+    ``features``. ``widths`` scales the groups (a test's tiny network)."""
+
+    def __init__(self, input_shape: Sequence[int], widths: Sequence[int] = (64, 128, 256, 512), features: int = 512) -> None:
+        super().__init__()
+        layers: list[nn.Module] = conv_bn_relu(input_shape[0], widths[0])
+        for source, target in zip(widths[:-1], widths[1:]):
+            layers += [nn.MaxPool2d(2), *conv_bn_relu(source, target), *conv_bn_relu(target, target)]
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        width = widths[-1]
+        for _ in range(2):
+            layers += [nn.Linear(width, features, bias=False), nn.BatchNorm1d(features), nn.ReLU()]
+            width = features
+        self.layers = nn.Sequential(*layers)
+        self.out_features = features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
 def split_at(layers: nn.Sequential, ends: Sequence[int]) -> list[nn.Module]:
     """``layers`` cut after each index of ``ends`` (the last must be ``len(layers)``); the pieces
     share the modules. The first piece keeps any layers before the first end (an MLP's Flatten)."""
