@@ -1,8 +1,8 @@
 """The models and batches that ``bench_step.py`` times (a helper module, not a script).
 
-Each setup is a hard-parameter-sharing model (``mtl.models.HardParameterSharing``: one shared
-encoder, one head per task), a number of classification tasks, an input shape and a default batch
-size. Inputs and labels are random (step time and memory do not depend on their values); the batch
+Each setup but the last is a hard-parameter-sharing model (``mtl.models.HardParameterSharing``:
+one shared encoder, one head per task), a number of classification tasks, an input shape and a
+default batch size; the last is SegNet-MTAN with NYUv2's dense tasks. Inputs and labels are random (step time and memory do not depend on their values); the batch
 and the initial weights are seeded, so every measurement of a setup, ``mtl``'s and the peers',
 sees the same model and the same batch.
 
@@ -16,6 +16,9 @@ sees the same model and the same batch.
   CIFAR-style ResNet-18 of Sener & Koltun's CelebA model (3×3 stride-1 stem, no max-pool), with
   global average pooling to 512 features. The batch is small because one backward pass through
   it takes about half a second on two CPU cores, and an exact Jacobian needs 40 of them.
+- ``celeba-k40``: FAMO's 9-layer CelebA CNN (``mtl.models.CelebACNN``, 5.2M parameters) on
+  3×64×64 inputs, 40 binary tasks of one logit each (``BinaryTask``), batch 256: the benchmark
+  whose cost ratios the FAMO paper reports.
 - ``segnet-mtan-nyuv2``: SegNet-MTAN (``mtl.models.SegNetMTAN``, 44.2M parameters) at NYUv2's
   shape, 3×288×384, with its three tasks (13-class segmentation, depth, normals; random targets,
   every pixel labelled), batch 2 (the protocol's; ``--batch-size segnet-mtan-nyuv2=8`` for
@@ -34,8 +37,8 @@ import torch
 from torch import Tensor, nn
 
 from mtl.dense_tasks import DepthTask, SegmentationTask, SurfaceNormalTask
-from mtl.models import MLP, HardParameterSharing, LeNet, MLPHead, ResNet, SegNetMTAN
-from mtl.tasks import INPUT_KEY, ClassificationTask, Task
+from mtl.models import MLP, CelebACNN, HardParameterSharing, LeNet, MLPHead, ResNet, SegNetMTAN
+from mtl.tasks import INPUT_KEY, BinaryTask, ClassificationTask, Task
 
 
 @dataclass(frozen=True)
@@ -47,10 +50,13 @@ class Setup:
     head: Callable[..., nn.Module]
     num_tasks: int
     num_classes: int
+    """Classes of every task; 1: a binary task of one logit."""
     input_shape: tuple[int, ...]
     batch_size: int
 
-    def tasks(self) -> list[ClassificationTask]:
+    def tasks(self) -> list[Task]:
+        if self.num_classes == 1:
+            return [BinaryTask(f"task{index}") for index in range(self.num_tasks)]
         return [ClassificationTask(f"task{index}", self.num_classes) for index in range(self.num_tasks)]
 
     def model(self, seed: int = 0) -> HardParameterSharing:
@@ -63,7 +69,8 @@ class Setup:
         generator = torch.Generator().manual_seed(seed)
         batch = {INPUT_KEY: torch.randn(batch_size, *self.input_shape, generator=generator)}
         for task in self.tasks():
-            batch[task.target] = torch.randint(0, self.num_classes, (batch_size,), generator=generator)
+            shape = (batch_size, 1) if self.num_classes == 1 else (batch_size,)
+            batch[task.target] = torch.randint(0, max(self.num_classes, 2), shape, generator=generator)
         return {key: value.to(device) for key, value in batch.items()}
 
 
@@ -80,6 +87,10 @@ def lenet() -> Setup:
 def resnet18() -> Setup:
     encoder = functools.partial(ResNet, widths=(64, 128, 256, 512), blocks=2)
     return Setup("resnet18-k40", encoder, MLPHead, 40, 2, (3, 64, 64), 8)
+
+
+def celeba() -> Setup:
+    return Setup("celeba-k40", CelebACNN, MLPHead, 40, 1, (3, 64, 64), 256)
 
 
 @dataclass(frozen=True)
@@ -109,5 +120,5 @@ class DenseSetup:
         return {key: value.to(device) for key, value in batch.items()}
 
 
-SETUPS: dict[str, Setup | DenseSetup] = {setup.name: setup for setup in (mlp(10), mlp(40), lenet(), resnet18(), DenseSetup())}
+SETUPS: dict[str, Setup | DenseSetup] = {setup.name: setup for setup in (mlp(10), mlp(40), lenet(), resnet18(), celeba(), DenseSetup())}
 """Every setup by name, in the order the report lists them."""
