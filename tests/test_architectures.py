@@ -289,3 +289,9 @@ def test_mtan_trains_with_a_weighting_an_aggregator_and_fmtl(options, tmp_path):
     results = train(compose_config([*TINY, "model=mtan", "model.encoder.widths=[4,8]", *options], tmp_path / "run"))
     assert results["global_step"] > 0
     assert all(math.isfinite(value) for metrics in results["test"].values() for value in metrics.values())
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_an_unknown_task_is_named_with_the_models_tasks(name):
+    with pytest.raises(KeyError, match=r"no task named 'd'; the model's tasks are \['a', 'b', 'c'\]"):
+        list(build(name).task_parameters("d"))

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from mtl.models.encoders import Encoder, last_weight_layer
+from mtl.models.heads import check_task
 from mtl.tasks import Task
 
 
@@ -67,8 +68,7 @@ class CrossStitch(nn.Module):
         yield from self.units.parameters()
 
     def task_parameters(self, name: str) -> Iterator[nn.Parameter]:
-        if name not in self.heads:
-            raise KeyError(f"no task named '{name}'; the model's tasks are {list(self.heads)}")
+        check_task(self.heads, name)
         return self.heads[name].parameters()
 
     def last_shared_parameters(self) -> list[nn.Parameter]:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from torch import Tensor, nn
 
 from mtl.models.encoders import Encoder, last_weight_layer
+from mtl.models.heads import check_task
 from mtl.tasks import Task
 
 
@@ -58,6 +59,5 @@ class HardParameterSharing(nn.Module):
 
     def head(self, name: str) -> nn.Module:
         """The head of task ``name``, or an error naming the model's tasks."""
-        if name not in self.heads:
-            raise KeyError(f"no task named '{name}'; the model's tasks are {list(self.heads)}")
+        check_task(self.heads, name)
         return self.heads[name]

@@ -1,4 +1,5 @@
-"""Task heads: each maps the shared representation ``(B, in_features)`` to one task's outputs."""
+"""Task heads: each maps the shared representation ``(B, in_features)`` to one task's outputs; and
+the check every model makes of a task name it is asked for."""
 
 from __future__ import annotations
 
@@ -24,3 +25,9 @@ class MLPHead(nn.Sequential):
             width = size
         layers.append(nn.Linear(width, out_features))
         super().__init__(*layers)
+
+
+def check_task(heads: nn.ModuleDict, name: str) -> None:
+    """An error naming the model's tasks (the keys of ``heads``) unless ``name`` is one of them."""
+    if name not in heads:
+        raise KeyError(f"no task named '{name}'; the model's tasks are {list(heads)}")

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from mtl.models.encoders import Encoder, last_weight_layer
 from mtl.models.experts import mixture, stacked
+from mtl.models.heads import check_task
 from mtl.tasks import Task
 
 
@@ -75,8 +76,7 @@ class MMoE(nn.Module):
         return self.experts.parameters()
 
     def task_parameters(self, name: str) -> Iterator[nn.Parameter]:
-        if name not in self.heads:
-            raise KeyError(f"no task named '{name}'; the model's tasks are {list(self.heads)}")
+        check_task(self.heads, name)
         yield from self.gates[name].parameters()
         yield from self.heads[name].parameters()
 

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtl.models.encoders import Encoder, last_weight_layer
+from mtl.models.heads import check_task
 from mtl.tasks import Task
 
 
@@ -131,8 +132,7 @@ class MTAN(nn.Module):
         yield from self.blocks.parameters()
 
     def task_parameters(self, name: str) -> Iterator[nn.Parameter]:
-        if name not in self.heads:
-            raise KeyError(f"no task named '{name}'; the model's tasks are {list(self.heads)}")
+        check_task(self.heads, name)
         yield from self.attention[name].parameters()
         yield from self.heads[name].parameters()
 

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from mtl.models.encoders import Encoder, last_weight_layer
 from mtl.models.experts import mixture, stacked
+from mtl.models.heads import check_task
 from mtl.tasks import Task
 
 ExpertFactory = Callable[[Sequence[int]], Encoder]
@@ -101,8 +102,7 @@ class PLE(nn.Module):
         return {name: self.heads[name](output) for name, output in outputs.items()}
 
     def task_parameters(self, name: str) -> Iterator[nn.Parameter]:
-        if name not in self.heads:
-            raise KeyError(f"no task named '{name}'; the model's tasks are {list(self.heads)}")
+        check_task(self.heads, name)
         last = self.levels[-1]
         yield from self.heads[name].parameters()
         yield from last.task_experts[name].parameters()

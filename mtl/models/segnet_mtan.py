@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtl.models.heads import check_task
 from mtl.models.mtan import attention_mask
 from mtl.models.segnet import FILTERS, DenseHead, SegNet, conv_layer, xavier_initialized
 from mtl.tasks import Task
@@ -91,8 +92,7 @@ class SegNetMTAN(nn.Module):
         yield from self.decoder_blocks.parameters()
 
     def task_parameters(self, name: str) -> Iterator[nn.Parameter]:
-        if name not in self.heads:
-            raise KeyError(f"no task named '{name}'; the model's tasks are {list(self.heads)}")
+        check_task(self.heads, name)
         yield from self.encoder_attention[name].parameters()
         yield from self.decoder_attention[name].parameters()
         yield from self.heads[name].parameters()
