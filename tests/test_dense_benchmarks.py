@@ -49,3 +49,8 @@ def test_cityscapes_segnet_mtan_with_nash_mtl(roots, tmp_path):
 def test_the_split_segnet_takes_the_representation_mode(roots, tmp_path):
     results = run(roots, tmp_path, "nyuv2", "model=segnet", "method=mgda", "jacobian.mode=rep")
     assert all(math.isfinite(value) for metrics in results["test"].values() for value in metrics.values())
+
+
+def test_a_single_task_baseline_of_the_protocol_trains_one_task(roots, tmp_path):
+    results = run(roots, tmp_path, "nyuv2", "method=stl", "method.task=depth")
+    assert results["single_task"] == "depth" and math.isfinite(results["test"]["depth"]["abs_error"])
