@@ -86,9 +86,10 @@ def fit_and_test(cfg: DictConfig, trainer: pl.Trainer, datamodule: pl.LightningD
     (test_metrics,) = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=WEIGHTS_ONLY)
     averaged = [callback.mean() for callback in trainer.callbacks if isinstance(callback, LastEpochsMean)]
     return {
-        **({"last_epochs": nest_metrics(averaged[0], "val")} if averaged else {}),
         "test": nest_metrics(test_metrics, "test"),
         "validation": last_validation,
+        # the mean of the last epochs' validation metrics (callbacks=last_epochs_mean)
+        **({"last_epochs": nest_metrics(averaged[0], "val")} if averaged else {}),
         "checkpoint": best,
         "epochs": trainer.current_epoch,
         "fit_seconds": fit_seconds,
