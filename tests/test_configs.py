@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from mtl.build import build_datamodule_and_module, build_trainer
 from mtl.train import CONFIG_DIR
+from tests.celeba_fixtures import write_celeba
 from tests.conftest import SHARED_ADULT, compose_config
 from tests.dense_fixtures import write_cityscapes, write_nyuv2
 
@@ -31,20 +32,24 @@ NEEDS = {
     ("model", "segnet_mtan"): ["data=nyuv2", "data.root={nyuv2}"],
     ("experiment", "nyuv2_segnet_mtan"): ["data.root={nyuv2}"],
     ("experiment", "cityscapes_segnet_mtan"): ["data.root={cityscapes}"],
+    ("data", "celeba"): ["data.root={celeba}"],
+    ("experiment", "celeba_famo"): ["data.root={celeba}"],
 }
 """Options that do not fit the default experiment, with what they need (LeNet needs a larger canvas,
-single-task training the name of its task, Adult the shared files, the dense benchmarks and
-SegNet fixtures in the releases' format: ``{nyuv2}`` and ``{cityscapes}`` are their roots)."""
+single-task training the name of its task, Adult the shared files, the dense benchmarks, SegNet
+and CelebA fixtures in the releases' format: ``{nyuv2}``, ``{cityscapes}`` and ``{celeba}`` are
+their roots)."""
 
 
 @pytest.fixture(scope="module")
-def dense_roots(tmp_path_factory):
-    return {"nyuv2": write_nyuv2(tmp_path_factory.mktemp("nyuv2")), "cityscapes": write_cityscapes(tmp_path_factory.mktemp("cityscapes"))}
+def fixture_roots(tmp_path_factory):
+    writers = {"nyuv2": write_nyuv2, "cityscapes": write_cityscapes, "celeba": write_celeba}
+    return {name: write(tmp_path_factory.mktemp(name)) for name, write in writers.items()}
 
 
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
-def test_every_group_option_composes_and_builds(group, option, tmp_path, dense_roots):
-    needs = [override.format(**dense_roots) for override in NEEDS.get((group, option), [])]
+def test_every_group_option_composes_and_builds(group, option, tmp_path, fixture_roots):
+    needs = [override.format(**fixture_roots) for override in NEEDS.get((group, option), [])]
     cfg = compose_config([f"{group}={option}", *needs], tmp_path / "run")
     if group in ("optimizer", "scheduler"):
         optimizer = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
