@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from mtl.callbacks import ExpertUtilization
+from mtl.callbacks import AttentionMasks, ExpertUtilization
 from mtl.models import MLP, MTAN, PLE, CrossStitch, DSelectK, LeNet, MLPHead, MMoE, ResNet
 from mtl.models.dselect_k import DSelectGate, smooth_step
 from mtl.tasks import ClassificationTask, RegressionTask
@@ -295,3 +295,28 @@ def test_mtan_trains_with_a_weighting_an_aggregator_and_fmtl(options, tmp_path):
 def test_an_unknown_task_is_named_with_the_models_tasks(name):
     with pytest.raises(KeyError, match=r"no task named 'd'; the model's tasks are \['a', 'b', 'c'\]"):
         list(build(name).task_parameters("d"))
+
+
+def test_the_attention_summary_is_the_mean_of_each_stages_mask_over_the_batches():
+    model, x = build("mtan"), inputs("mtan")
+    batches = [{"input": x[:40]}, {"input": x[40:]}, {"input": torch.full_like(x[:3], 1e3)}]  # the third is past `batches`
+    means, first = AttentionMasks(batches=2).measure(model, batches, torch.device("cpu"))
+    model.eval()
+    with torch.no_grad():
+        masks = model.attention_masks(x)
+    for name, stages in masks.items():
+        assert torch.allclose(means[name], torch.stack([mask.double().mean() for mask in stages]), atol=1e-6)
+        assert all(torch.allclose(sample, mask[0].mean(dim=0)) for sample, mask in zip(first[name], stages))
+
+
+def test_a_run_with_the_attention_masks_callback_saves_the_plot_and_means(tmp_path):
+    train(compose_config([*TINY, "model=mtan", "model.encoder.widths=[4,8]", "callbacks=attention_masks"], tmp_path / "run"))
+    means = json.loads((tmp_path / "run" / "attention_masks.json").read_text())
+    assert set(means) == {"left", "right"} and all(len(values) == 2 and all(0 < value < 1 for value in values) for values in means.values())
+    assert (tmp_path / "run" / "attention_masks.png").stat().st_size > 0
+
+
+def test_the_attention_masks_callback_refuses_a_model_without_attention(tmp_path):
+    cfg = compose_config([*TINY, "callbacks=attention_masks"], tmp_path / "run")
+    with pytest.raises(TypeError, match="AttentionMasks needs a model with attention_masks"):
+        train(cfg)
