@@ -52,6 +52,14 @@ class Task(ABC):
     def metrics(self) -> MetricCollection:
         """A fresh collection of this task's metrics."""
 
+    def check_targets(self, targets: Tensor, split: str) -> None:
+        """Raise, naming the first bad sample, if ``targets`` (every target of a split, stacked)
+        holds a value this task cannot train on: here, a non-finite real value."""
+        if targets.is_floating_point():
+            first = first_sample(~torch.isfinite(targets))
+            if first is not None:
+                raise ValueError(f"task '{self.name}': the {split} target at index {first} is not finite ({targets[first].flatten().tolist()[:5]})")
+
     def higher_is_better(self) -> dict[str, bool]:
         """Direction of every metric, read from torchmetrics (used for Δm%)."""
         return {name: bool(metric.higher_is_better) for name, metric in self.metrics().items()}
@@ -86,6 +94,9 @@ class ClassificationTask(Task):
         labelled = (target != IGNORE_INDEX).sum().clamp_min(1)
         return summed / labelled
 
+    def check_targets(self, targets: Tensor, split: str) -> None:
+        check_labels(self.name, targets, self.num_outputs, split)
+
     def metrics(self) -> MetricCollection:
         metrics = {"accuracy": MulticlassAccuracy(self.num_outputs, average="micro", ignore_index=IGNORE_INDEX)}
         if self.auroc:
@@ -105,6 +116,9 @@ class BinaryTask(Task):
         labelled = target != IGNORE_INDEX
         summed = F.binary_cross_entropy_with_logits(prediction, target.clamp_min(0).to(prediction.dtype), weight=labelled.to(prediction.dtype), reduction="sum")
         return summed / labelled.sum().clamp_min(1)
+
+    def check_targets(self, targets: Tensor, split: str) -> None:
+        check_labels(self.name, targets, 2, split)
 
     def metrics(self) -> MetricCollection:
         return MetricCollection({"accuracy": BinaryAccuracy(ignore_index=IGNORE_INDEX), "f1": BinaryF1Score(ignore_index=IGNORE_INDEX)})
@@ -126,6 +140,23 @@ class RegressionTask(Task):
 
     def metrics(self) -> MetricCollection:
         return MetricCollection({"mse": MeanSquaredError(), "mae": MeanAbsoluteError()})
+
+
+def first_sample(bad: Tensor) -> int | None:
+    """The index of the first sample (along the first dimension) with a true entry in ``bad``."""
+    rows = bad.reshape(len(bad), -1).any(dim=1).nonzero()
+    return int(rows[0]) if len(rows) else None
+
+
+def check_labels(task: str, labels: Tensor, classes: int, split: str) -> None:
+    """Raise, naming the first bad sample, unless every label is a class ``0 .. classes-1`` or ``IGNORE_INDEX``."""
+    valid = ((labels >= 0) & (labels < classes)) | (labels == IGNORE_INDEX)
+    if labels.is_floating_point():
+        valid &= labels == labels.round()
+    first = first_sample(~valid)
+    if first is not None:
+        value = labels[first][~valid[first]].flatten()[0].item() if labels.dim() > 1 else labels[first].item()
+        raise ValueError(f"task '{task}': {split} label {value} at index {first} outside 0..{classes - 1}; use {IGNORE_INDEX} for a missing label")
 
 
 def task_losses(tasks: list[Task], predictions: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> list[Tensor]:

@@ -6,11 +6,11 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from mtl.data import MultiDigits, MultiMNIST
+from mtl.data import MultiDigits, MultiMNIST, MultiTaskDataModule, MultiTaskDataset
 from mtl.data.base import EpochShuffleSampler, EvaluationShard
 from mtl.data.mnist_files import MNIST_FILES, md5, read_idx
 from mtl.data.overlay import compose_pairs, split_pools
-from mtl.tasks import INPUT_KEY
+from mtl.tasks import IGNORE_INDEX, INPUT_KEY, BinaryTask, ClassificationTask, RegressionTask
 
 SMALL_PAIRS = {"train": 2, "val": 1, "test": 1}
 
@@ -185,3 +185,41 @@ def test_multimnist_names_the_expected_files_when_the_root_lacks_them(shared_mni
 def test_multimnist_rejects_an_unknown_split_source(tmp_path):
     with pytest.raises(ValueError, match=r"data.splits_from='train_set' is not one of \['official', 'test_set'\]"):
         MultiMNIST(tmp_path, tmp_path, splits_from="train_set")
+
+
+class GivenSplits(MultiTaskDataModule):
+    """A data module of the given tasks whose three splits are the given dataset."""
+
+    def __init__(self, tasks, dataset):
+        super().__init__(batch_size=4)
+        self.tasks, self.dataset = tasks, dataset
+        self.input_shape = tuple(dataset.inputs.shape[1:])
+
+    def build_splits(self):
+        return {"train": self.dataset, "val": self.dataset, "test": self.dataset}
+
+
+@pytest.mark.parametrize(
+    ("tasks", "inputs", "targets", "message"),
+    [
+        (
+            [ClassificationTask("left", 10)],
+            torch.zeros(9, 2),
+            {"left": torch.tensor([0, 1, 2, 3, 4, 5, 6, 12, 9])},
+            r"task 'left': train label 12 at index 7 outside 0..9; use -100 for a missing label",
+        ),
+        ([ClassificationTask("left", 10)], torch.zeros(3, 2), {"left": torch.tensor([0, -1, 2])}, r"task 'left': train label -1 at index 1 outside 0..9"),
+        ([BinaryTask("smiling")], torch.zeros(3, 2), {"smiling": torch.tensor([[0], [1], [2]])}, r"task 'smiling': train label 2 at index 2 outside 0..1"),
+        ([RegressionTask("y")], torch.zeros(3, 2), {"y": torch.tensor([[0.0], [float("nan")], [1.0]])}, r"task 'y': the train target at index 1 is not finite \(\[nan\]\)"),
+        ([RegressionTask("y")], torch.tensor([[0.0, 1.0], [2.0, float("inf")]]), {"y": torch.zeros(2, 1)}, r"the train input at index 1 is not finite"),
+    ],
+)
+def test_setup_names_the_first_sample_a_task_cannot_train_on(tasks, inputs, targets, message):
+    with pytest.raises(ValueError, match=message):
+        GivenSplits(tasks, MultiTaskDataset(inputs, targets)).setup()
+
+
+def test_missing_labels_pass_the_setup_check():
+    data = GivenSplits([ClassificationTask("left", 3)], MultiTaskDataset(torch.zeros(3, 2), {"left": torch.tensor([0, IGNORE_INDEX, 2])}))
+    data.setup()
+    assert len(data.splits["train"]) == 3

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from mtl.tasks import INPUT_KEY, Task
+from mtl.tasks import INPUT_KEY, Task, first_sample
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,16 @@ class MultiTaskDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         return {INPUT_KEY: self.inputs[index], **{key: values[index] for key, values in self.targets.items()}}
+
+
+def check_dataset(dataset: MultiTaskDataset, tasks: list[Task], split: str) -> None:
+    """Raise, naming the split, the task and the first bad sample, on a non-finite input or a
+    target that a task cannot train on (``Task.check_targets``)."""
+    first = first_sample(~torch.isfinite(dataset.inputs)) if dataset.inputs.is_floating_point() else None
+    if first is not None:
+        raise ValueError(f"the {split} input at index {first} is not finite")
+    for task in tasks:
+        task.check_targets(task.target_of(dataset.targets), split)
 
 
 class EpochShuffleSampler(DistributedSampler):
@@ -123,6 +133,9 @@ class MultiTaskDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if not self.splits:
             self.splits = self.build_splits()
+            for split, dataset in self.splits.items():
+                if isinstance(dataset, MultiTaskDataset):
+                    check_dataset(dataset, self.tasks, split)
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.splits["train"]
