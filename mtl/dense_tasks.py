@@ -15,7 +15,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from mtl.metrics.dense import DepthError, NormalAngleMean, NormalAngleMedian, NormalAngleWithin, depth_mask, normal_mask
-from mtl.tasks import IGNORE_INDEX, Task
+from mtl.tasks import IGNORE_INDEX, Task, check_labels
 
 
 class SegmentationTask(Task):
@@ -34,6 +34,9 @@ class SegmentationTask(Task):
         """Mean cross-entropy over the labelled pixels (0 when none is)."""
         summed = F.cross_entropy(prediction, target, ignore_index=IGNORE_INDEX, reduction="sum")
         return summed / (target != IGNORE_INDEX).sum().clamp_min(1)
+
+    def check_targets(self, targets: Tensor, split: str) -> None:
+        check_labels(self.name, targets, self.num_outputs, split)
 
     def metrics(self) -> MetricCollection:
         return MetricCollection(

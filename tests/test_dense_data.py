@@ -132,3 +132,12 @@ def test_download_unpacks_the_release_archive_as_the_root_and_a_missing_release_
     with pytest.raises(FileExistsError, match=r"unpacks the release as .*other, which holds other files"):
         NYUv2(str(tmp_path / "other"), download=True, url=archive.as_uri())
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+def test_setup_checks_the_first_sample_of_a_streamed_split(tmp_path):
+    root = write_nyuv2(tmp_path / "nyuv2")
+    labels = np.load(root / "val" / "label" / "0.npy")
+    labels[3, 5] = 13  # NYUv2 has classes 0..12
+    np.save(root / "val" / "label" / "0.npy", labels)
+    with pytest.raises(ValueError, match=r"task 'segmentation': val label 13 at index 0 outside 0..12; use -100 for a missing label"):
+        NYUv2(str(root)).setup()

@@ -42,14 +42,23 @@ class MultiTaskDataset(Dataset):
         return {INPUT_KEY: self.inputs[index], **{key: values[index] for key, values in self.targets.items()}}
 
 
-def check_dataset(dataset: MultiTaskDataset, tasks: list[Task], split: str) -> None:
+def check_samples(inputs: Tensor, targets: dict[str, Tensor], tasks: list[Task], split: str) -> None:
     """Raise, naming the split, the task and the first bad sample, on a non-finite input or a
     target that a task cannot train on (``Task.check_targets``)."""
-    first = first_sample(~torch.isfinite(dataset.inputs)) if dataset.inputs.is_floating_point() else None
+    first = first_sample(~torch.isfinite(inputs)) if inputs.is_floating_point() else None
     if first is not None:
         raise ValueError(f"the {split} input at index {first} is not finite")
     for task in tasks:
-        task.check_targets(task.target_of(dataset.targets), split)
+        task.check_targets(task.target_of(targets), split)
+
+
+def check_split(dataset: Dataset, tasks: list[Task], split: str) -> None:
+    """``check_samples`` on every sample of an in-memory split, on the first of a streamed one."""
+    if isinstance(dataset, MultiTaskDataset):
+        check_samples(dataset.inputs, dataset.targets, tasks, split)
+    elif len(dataset) > 0:
+        sample = {key: value[None] for key, value in dataset[0].items()}
+        check_samples(sample.pop(INPUT_KEY), sample, tasks, split)
 
 
 class EpochShuffleSampler(DistributedSampler):
@@ -134,8 +143,7 @@ class MultiTaskDataModule(pl.LightningDataModule):
         if not self.splits:
             self.splits = self.build_splits()
             for split, dataset in self.splits.items():
-                if isinstance(dataset, MultiTaskDataset):
-                    check_dataset(dataset, self.tasks, split)
+                check_split(dataset, self.tasks, split)
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.splits["train"]
