@@ -13,65 +13,44 @@ changes nothing in training: it runs after the last step.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import matplotlib
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from mtl.tasks import model_input
+from mtl.callbacks.end_of_training import EndOfTrainingSummary
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file backend)
 
 
-class AttentionMasks(pl.Callback):
+class AttentionMasks(EndOfTrainingSummary):
     """The mean attention mask per task and stage over ``batches`` validation batches, and the
     first sample's masks, saved into ``dirpath`` (default: the trainer's ``default_root_dir``)."""
 
-    def __init__(self, batches: int = 20, dirpath: str | None = None) -> None:
-        if batches < 1:
-            raise ValueError(f"batches must be at least 1, got {batches}")
-        self.batches = batches
-        self.dirpath = dirpath
+    requires = "attention_masks"
+    examples = "model=mtan or segnet_mtan"
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not callable(getattr(getattr(pl_module, "model", None), "attention_masks", None)):
-            model = type(getattr(pl_module, "model", pl_module)).__name__
-            raise TypeError(f"AttentionMasks needs a model with attention_masks(x), such as model=mtan or segnet_mtan; {model} has none")
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero or trainer.datamodule is None:
-            return
-        means, first = self.measure(pl_module.model, trainer.datamodule.val_dataloader(), pl_module.device)
-        directory = Path(self.dirpath or trainer.default_root_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "attention_masks.json").write_text(json.dumps({name: values.tolist() for name, values in means.items()}) + "\n")
-        plot_masks(first, means, directory / "attention_masks.png")
-
-    def measure(self, model: torch.nn.Module, batches, device: torch.device) -> tuple[dict[str, Tensor], dict[str, list[Tensor]]]:
-        """``{task: mean of each stage's mask (S,)}`` over the first ``self.batches`` batches, and
-        ``{task: [the first sample's channel-mean mask (H, W) per stage]}``, in eval mode."""
-        training = model.training
-        model.eval()
+    def summarize(self, model: torch.nn.Module, inputs: Iterator[Tensor]) -> tuple[dict[str, Tensor], dict[str, list[Tensor]]]:
+        """``{task: mean of each stage's mask (S,)}`` over ``inputs``, and ``{task: [the first
+        sample's channel-mean mask (H, W) per stage]}``."""
         totals: dict[str, Tensor] = {}
         first: dict[str, list[Tensor]] = {}
         samples = 0
-        try:
-            with torch.no_grad():
-                for index, batch in enumerate(batches):
-                    if index == self.batches:
-                        break
-                    inputs = model_input(batch).to(device)
-                    for name, masks in model.attention_masks(inputs).items():
-                        per_sample = torch.stack([mask.flatten(start_dim=1).mean(dim=1) for mask in masks], dim=1)  # (B, S)
-                        totals[name] = totals.get(name, 0) + per_sample.sum(dim=0).double().cpu()
-                        first.setdefault(name, [mask[0].mean(dim=0).cpu() for mask in masks])
-                    samples += len(inputs)
-        finally:
-            model.train(training)
+        for batch in inputs:
+            for name, masks in model.attention_masks(batch).items():
+                per_sample = torch.stack([mask.flatten(start_dim=1).mean(dim=1) for mask in masks], dim=1)  # (B, S)
+                totals[name] = totals.get(name, 0) + per_sample.sum(dim=0).double().cpu()
+                first.setdefault(name, [mask[0].mean(dim=0).cpu() for mask in masks])
+            samples += len(batch)
         return {name: total / samples for name, total in totals.items()}, first
+
+    def save(self, summary: tuple[dict[str, Tensor], dict[str, list[Tensor]]], directory: Path) -> None:
+        means, first = summary
+        (directory / "attention_masks.json").write_text(json.dumps({name: values.tolist() for name, values in means.items()}) + "\n")
+        plot_masks(first, means, directory / "attention_masks.png")
 
 
 def plot_masks(first: dict[str, list[Tensor]], means: dict[str, Tensor], path: Path) -> None:

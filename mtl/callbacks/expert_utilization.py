@@ -13,61 +13,39 @@ nothing in training: it runs after the last step.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import matplotlib
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from mtl.tasks import model_input
+from mtl.callbacks.end_of_training import EndOfTrainingSummary
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file backend)
 
 
-class ExpertUtilization(pl.Callback):
+class ExpertUtilization(EndOfTrainingSummary):
     """The mean gate weights per task and expert over ``batches`` validation batches, saved into
     ``dirpath`` (default: the trainer's ``default_root_dir``) at the end of training."""
 
-    def __init__(self, batches: int = 20, dirpath: str | None = None) -> None:
-        if batches < 1:
-            raise ValueError(f"batches must be at least 1, got {batches}")
-        self.batches = batches
-        self.dirpath = dirpath
+    requires = "gate_weights"
+    examples = "model=mmoe, cgc or ple"
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not callable(getattr(getattr(pl_module, "model", None), "gate_weights", None)):
-            model = type(getattr(pl_module, "model", pl_module)).__name__
-            raise TypeError(f"ExpertUtilization needs a model with gate_weights(x), such as model=mmoe, cgc or ple; {model} has none")
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero or trainer.datamodule is None:
-            return
-        utilization = self.measure(pl_module.model, trainer.datamodule.val_dataloader(), pl_module.device)
-        directory = Path(self.dirpath or trainer.default_root_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "expert_utilization.json").write_text(json.dumps({name: weights.tolist() for name, weights in utilization.items()}) + "\n")
-        plot_utilization(utilization, directory / "expert_utilization.png")
-
-    def measure(self, model: torch.nn.Module, batches, device: torch.device) -> dict[str, Tensor]:
-        """``{task: mean gate weights (E,)}`` over the first ``self.batches`` batches, in eval mode."""
-        training = model.training
-        model.eval()
+    def summarize(self, model: torch.nn.Module, inputs: Iterator[Tensor]) -> dict[str, Tensor]:
+        """``{task: mean gate weights (E,)}`` over ``inputs``."""
         totals: dict[str, Tensor] = {}
         samples = 0
-        try:
-            with torch.no_grad():
-                for index, batch in enumerate(batches):
-                    if index == self.batches:
-                        break
-                    inputs = model_input(batch).to(device)
-                    for name, weights in model.gate_weights(inputs).items():
-                        totals[name] = totals.get(name, 0) + weights.sum(dim=0).double().cpu()
-                    samples += len(inputs)
-        finally:
-            model.train(training)
+        for batch in inputs:
+            for name, weights in model.gate_weights(batch).items():
+                totals[name] = totals.get(name, 0) + weights.sum(dim=0).double().cpu()
+            samples += len(batch)
         return {name: total / samples for name, total in totals.items()}
+
+    def save(self, utilization: dict[str, Tensor], directory: Path) -> None:
+        (directory / "expert_utilization.json").write_text(json.dumps({name: weights.tolist() for name, weights in utilization.items()}) + "\n")
+        plot_utilization(utilization, directory / "expert_utilization.png")
 
 
 def plot_utilization(utilization: dict[str, Tensor], path: Path) -> None:

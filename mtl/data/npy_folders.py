@@ -173,13 +173,18 @@ class NpyFoldersDataModule(MultiTaskDataModule):
         self.root = Path(root)
         self.augmentation = augmentation
         url = url or self.url
-        if download and any(missing_files(self.root / split, self.folders)[1] for split in ("train", "val")):
+        try:
+            self.datasets = self.read_splits(augmentation, shuffle_seed, hint="" if download else f"; set data.download=true to fetch the release from {url}")
+        except FileNotFoundError:
+            if not download:
+                raise
             fetch_release(self.root, url)
-        hint = "" if download else f"; set data.download=true to fetch the release from {url}"
-        self.datasets = {
-            split: NpyFolders(self.root / split, self.folders, self.name, augment=augmentation and split == "train", seed=shuffle_seed, hint=hint) for split in ("train", "val")
-        }
+            self.datasets = self.read_splits(augmentation, shuffle_seed)
         self.input_shape = tuple(self.datasets["train"].load(0)[INPUT_KEY].shape)
+
+    def read_splits(self, augmentation: bool, seed: int, hint: str = "") -> dict[str, NpyFolders]:
+        """The release's ``train`` (augmented with ``augmentation``) and ``val`` directories."""
+        return {split: NpyFolders(self.root / split, self.folders, self.name, augment=augmentation and split == "train", seed=seed, hint=hint) for split in ("train", "val")}
 
     def build_splits(self) -> dict[str, NpyFolders]:
         return {"train": self.datasets["train"], "val": self.datasets["val"], "test": self.datasets["val"]}
