@@ -2,15 +2,19 @@
 
 A data module declares its tasks; the model builds one head per task from ``num_outputs``; the
 training module computes each task's loss and metrics from them. Missing labels are written as
-``IGNORE_INDEX`` in the target and excluded from both the loss and the metrics. A batch is a
-mapping of the model input (``INPUT_KEY``) and the task targets; ``model_input`` and
-``split_batch`` read and cut one.
+``IGNORE_INDEX`` in the target and excluded from both the loss and the metrics.
+
+A batch is a mapping of the model input (``INPUT_KEY``) and the task targets. Where every task has
+its own images (the Office benchmarks, ``mtl.data.office``), a batch holds a batch per task instead,
+``{task name: {INPUT_KEY: input, target: labels}}``: each task's predictions come from its own batch
+(``predict``), and an evaluation batch holds one task's. ``task_batch``, ``model_input``,
+``batch_size`` and ``split_batch`` read and cut both kinds.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -159,29 +163,73 @@ def check_labels(task: str, labels: Tensor, classes: int, split: str) -> None:
         raise ValueError(f"task '{task}': {split} label {value} at index {first} outside 0..{classes - 1}; use {IGNORE_INDEX} for a missing label")
 
 
-def task_losses(tasks: list[Task], predictions: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> list[Tensor]:
+def is_multi_input(batch: Mapping[str, object]) -> bool:
+    """Whether ``batch`` holds a batch per task (``{task name: {INPUT_KEY: ..., target: ...}}``)
+    rather than one input for every task."""
+    return INPUT_KEY not in batch and len(batch) > 0 and all(isinstance(value, Mapping) for value in batch.values())
+
+
+def task_batch(batch: Mapping[str, object], task: Task) -> Mapping[str, Tensor]:
+    """The batch ``task`` is trained and evaluated on: its own in a batch per task, ``batch`` itself
+    otherwise; an error naming the task and the tasks present when it has none."""
+    if not is_multi_input(batch):
+        return batch
+    if task.name not in batch:
+        raise MissingTargetError(f"task '{task.name}' has no batch of its own; the batch holds batches of the tasks {sorted(batch)}")
+    return batch[task.name]
+
+
+def batch_tasks(tasks: list[Task], batch: Mapping[str, object]) -> list[Task]:
+    """The ``tasks`` that ``batch`` holds samples of: every one for one input; in a batch per task,
+    those with a batch of their own (an evaluation batch holds one task's)."""
+    return [task for task in tasks if task.name in batch] if is_multi_input(batch) else list(tasks)
+
+
+def predict(model: Callable[[Tensor], Mapping[str, Tensor]], tasks: list[Task], batch: Mapping[str, object]) -> dict[str, Tensor]:
+    """``model``'s predictions for the tasks of ``batch`` (``batch_tasks``): on its input, or each
+    task's on its own batch, one forward pass per task."""
+    if not is_multi_input(batch):
+        return dict(model(model_input(batch)))
+    return {task.name: model(model_input(task_batch(batch, task)))[task.name] for task in batch_tasks(tasks, batch)}
+
+
+def task_losses(tasks: list[Task], predictions: Mapping[str, Tensor], batch: Mapping[str, object]) -> list[Tensor]:
     """Each task's loss, a scalar whose graph reaches its own head only, in the order of ``tasks``."""
-    return [task.loss(predictions[task.name], task.target_of(batch)) for task in tasks]
+    return [task.loss(predictions[task.name], task.target_of(task_batch(batch, task))) for task in tasks]
 
 
-def stack_losses(tasks: list[Task], predictions: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> Tensor:
+def stack_losses(tasks: list[Task], predictions: Mapping[str, Tensor], batch: Mapping[str, object]) -> Tensor:
     """The task losses as one ``(K,)`` tensor, in the order of ``tasks``. A gradient of one entry
     runs the backward pass of every head (with zeros for the others): differentiate the entries
     of ``task_losses`` instead to reach one head."""
     return torch.stack(task_losses(tasks, predictions, batch))
 
 
-def model_input(batch: Mapping[str, Tensor]) -> Tensor:
-    """The model input of ``batch``, or an error naming the keys the batch has."""
+def model_input(batch: Mapping[str, object]) -> Tensor | dict[str, Tensor]:
+    """The model input of ``batch`` (in a batch per task, ``{task name: its input}``), or an error
+    naming the keys the batch has."""
+    if is_multi_input(batch):
+        return {name: model_input(part) for name, part in batch.items()}
     if INPUT_KEY not in batch:
         raise KeyError(f"the batch has no '{INPUT_KEY}' key for the model input; its keys are {sorted(batch)}")
     return batch[INPUT_KEY]
 
 
-def split_batch(batch: Mapping[str, Tensor], parts: int) -> list[dict[str, Tensor]]:
-    """``batch`` cut into ``parts`` disjoint batches of nearly equal size (the batch itself for one part)."""
+def batch_size(batch: Mapping[str, object]) -> int:
+    """The number of samples in ``batch``, of every task together in a batch per task."""
+    if is_multi_input(batch):
+        return sum(batch_size(part) for part in batch.values())
+    return len(model_input(batch))
+
+
+def split_batch(batch: Mapping[str, object], parts: int) -> list[dict[str, object]]:
+    """``batch`` cut into ``parts`` disjoint batches of nearly equal size (the batch itself for one
+    part); a batch per task is cut task by task."""
     if parts == 1:
         return [dict(batch)]
+    if is_multi_input(batch):
+        pieces = {name: split_batch(part, parts) for name, part in batch.items()}
+        return [{name: piece[index] for name, piece in pieces.items()} for index in range(parts)]
     size = len(batch[INPUT_KEY])
     if size < parts:
         raise ValueError(f"a batch of {size} samples cannot be split into {parts} independent samples; raise data.batch_size")

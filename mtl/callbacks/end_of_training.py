@@ -4,6 +4,7 @@ eval mode after the last step, whose summary each saves into a directory."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,10 @@ class EndOfTrainingSummary(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero or trainer.datamodule is None:
             return
-        summary = self.measure(pl_module.model, trainer.datamodule.val_dataloader(), pl_module.device)
+        loaders = trainer.datamodule.val_dataloader()
+        # a batch-per-task data module evaluates each task from a loader of its own
+        batches = itertools.chain.from_iterable(loaders) if isinstance(loaders, (list, tuple)) else loaders
+        summary = self.measure(pl_module.model, batches, pl_module.device)
         directory = Path(self.dirpath or trainer.default_root_dir)
         directory.mkdir(parents=True, exist_ok=True)
         self.save(summary, directory)
@@ -54,10 +58,11 @@ class EndOfTrainingSummary(pl.Callback):
             model.train(training)
 
     def first_inputs(self, batches: Iterable, device: torch.device) -> Iterator[torch.Tensor]:
-        for index, batch in enumerate(batches):
-            if index == self.batches:
-                return
-            yield model_input(batch).to(device)
+        """The inputs of the first ``self.batches`` of ``batches``; of a batch per task, every task's."""
+        for batch in itertools.islice(batches, self.batches):
+            inputs = model_input(batch)
+            for tensor in inputs.values() if isinstance(inputs, dict) else [inputs]:
+                yield tensor.to(device)
 
     def summarize(self, model: torch.nn.Module, inputs: Iterator[torch.Tensor]) -> Any:
         """What the callback measures on ``inputs``."""

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from mtl.engine.jacobian import task_jacobian
-from mtl.tasks import model_input, stack_losses
+from mtl.tasks import predict, stack_losses
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file backend)
@@ -88,7 +88,7 @@ class GradientConflict(pl.Callback):
         model.eval()
         try:
             with torch.enable_grad():
-                losses = stack_losses(pl_module.tasks, model(model_input(batch)), batch)
+                losses = stack_losses(pl_module.tasks, predict(model, pl_module.tasks, batch), batch)
                 jacobian = task_jacobian(losses, [p for p in model.shared_parameters() if p.requires_grad])
         finally:
             for module, training in modes.items():

@@ -27,6 +27,8 @@ dropout included, since the forward pass is the ordinary one. They assume that `
 shared parameter (true of hard parameter sharing). A model without ``encode``/``decode`` takes the
 general path: the ``K`` rows are vector-Jacobian products of the losses through the whole graph,
 looped or batched in the same way. ``rep`` needs a representation and one sample per step.
+A batch per task (``mtl.engine.separate_inputs``) runs the model on each task's batch, and each
+row is then the gradient of one task's loss through its own graph, in every exact mode.
 
 With ``groups`` (``mtl.engine.task_groups``) the cotangents of each group of tasks are averaged
 before the encoder part, so the engine runs one pass per group and the aggregator sees one row per
@@ -46,7 +48,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -58,6 +60,7 @@ from mtl.engine.distributed import GradientSync
 from mtl.engine.jacobian import copy_rows, numel, own_memory, scatter, set_gradient
 from mtl.engine.linear_heads import LinearHeadOutputs, decode_recording_linear_heads
 from mtl.engine.modes import Backpropagated, BatchedRows, LoopRows, RepresentationMode, Unbatchable
+from mtl.engine.separate_inputs import SeparateGraphs, SeparateInputs, forward_each
 from mtl.engine.task_groups import TaskGroups, grouped
 from mtl.methods.base import GradientAggregator
 from mtl.methods.task_state import TaskStateAggregator
@@ -153,10 +156,19 @@ class JacobianEngine:
                 f"{type(method).__name__} keeps state of the size of the gradients. Use one of {list(EXACT_MODES)} or auto"
             )
 
-    def forward(self, model: nn.Module, inputs: Tensor, task_names: Sequence[str] | None = None) -> tuple[Representation | None, dict[str, Tensor]]:
+    def forward(
+        self, model: nn.Module, inputs: Tensor | Mapping[str, Tensor], task_names: Sequence[str] | None = None
+    ) -> tuple[Representation | SeparateInputs | None, dict[str, Tensor]]:
         """The shared representation (None for a model without one) and the predictions. Given
         the ``task_names`` (the order of the losses) and a model with ``decode_each``, each task's
-        head reads its own leaf copy of ``z``; in ``rep`` mode the outputs of linear heads are recorded."""
+        head reads its own leaf copy of ``z``; in ``rep`` mode the outputs of linear heads are recorded.
+        ``inputs`` given per task (a batch per task) run one forward pass each (``SeparateInputs``)."""
+        if isinstance(inputs, Mapping):
+            if not self._mode.exact:
+                raise ValueError(
+                    f"jacobian.mode=rep aggregates gradients of one representation shared by the tasks; a batch per task has none. Use one of {list(EXACT_MODES)} or auto"
+                )
+            return forward_each(model, inputs, task_names if task_names is not None else list(inputs))
         if not has_representation(model):
             return None, model(inputs)
         representation = model.encode(inputs)
@@ -173,7 +185,7 @@ class JacobianEngine:
         self,
         method: GradientAggregator,
         losses: Tensor,
-        representations: Sequence[Representation | None],
+        representations: Sequence[Representation | SeparateInputs | None],
         shared: Sequence[nn.Parameter],
         heads: Sequence[nn.Parameter] = (),
         batch_size: int = 1,
@@ -270,7 +282,7 @@ class JacobianEngine:
         self._with_fallback(lambda mode: mode.fill_jacobians(buffer, backpropagated, shared, averaging))
 
     def jacobians(
-        self, losses: Tensor, representations: Sequence[Representation | None], shared: Sequence[nn.Parameter], separate: Sequence[Sequence[Tensor]] | None = None
+        self, losses: Tensor, representations: Sequence[Representation | SeparateInputs | None], shared: Sequence[nn.Parameter], separate: Sequence[Sequence[Tensor]] | None = None
     ) -> Tensor:
         """The Jacobians ``(N, K, P)`` of the losses ``(N, K)`` of ``N`` samples (``separate``: as
         in ``write_gradients``): a view of the reused buffer."""
@@ -280,7 +292,7 @@ class JacobianEngine:
         return buffer
 
     def task_gradients(
-        self, losses: Sequence[Tensor], representation: Representation | None, shared: Sequence[nn.Parameter], heads: Sequence[Sequence[nn.Parameter]]
+        self, losses: Sequence[Tensor], representation: Representation | SeparateInputs | None, shared: Sequence[nn.Parameter], heads: Sequence[Sequence[nn.Parameter]]
     ) -> tuple[Tensor, list[list[Tensor]]]:
         """Every task's gradients of one sample, from its ``K`` separate ``losses``: the Jacobian
         ``(K, P)`` of the shared parameters (a view of the reused buffer) and task ``k``'s gradients
@@ -295,14 +307,14 @@ class JacobianEngine:
         return jacobian[0], [[next(gradients) for _ in head] for head in heads]
 
     def backward_through_heads(
-        self, separate: Sequence[Sequence[Tensor]], losses: Tensor, representations: Sequence[Representation | None], heads: Sequence[nn.Parameter]
+        self, separate: Sequence[Sequence[Tensor]], losses: Tensor, representations: Sequence[Representation | SeparateInputs | None], heads: Sequence[nn.Parameter]
     ) -> tuple[list[Backpropagated], list[Tensor | None]]:
         """The backward pass down to the shared representations. Returns, for every sample, what
         the encoder part backpropagates: ``(z, dL_k/dz for every k)`` (for linear heads in ``rep``
         mode as products, ``LinearHeadGradients``), or on the general path
         ``(losses, identity)``; and the heads' gradients of the losses' sum over tasks, averaged
         over the samples (None for a parameter no loss reaches)."""
-        if representations and all(representation is not None and representation.copies is not None for representation in representations):
+        if representations and all(isinstance(representation, Representation) and representation.copies is not None for representation in representations):
             return self._through_head_copies(separate, representations, heads)
         backpropagated = [self._cotangents(separate[sample], losses[sample], representation, sample) for sample, representation in enumerate(representations)]
         own_gradients = torch.autograd.grad(losses.sum() / len(losses), heads, retain_graph=True, allow_unused=True) if heads else ()
@@ -349,10 +361,12 @@ class JacobianEngine:
         copy_rows(gradients, rows)
         return rows
 
-    def _cotangents(self, separate: Sequence[Tensor], losses: Tensor, representation: Representation | None, sample: int) -> tuple[Tensor, Tensor | tuple[Tensor, ...]]:
+    def _cotangents(self, separate: Sequence[Tensor], losses: Tensor, representation: Representation | SeparateInputs | None, sample: int) -> Backpropagated:
         """What to backpropagate to the shared parameters: the representation with the per-task
         ``dL_k/dz`` (from the ``separate`` losses), or (general path) the stacked losses with the
-        rows of the identity."""
+        rows of the identity; for a batch per task, the separate losses of their own graphs."""
+        if isinstance(representation, SeparateInputs):
+            return SeparateGraphs(tuple(separate))
         if representation is None:
             return losses, self._identity(len(losses), losses)
         return representation.tensor, self._representation_gradients(separate, representation.tensor, sample)

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from mtl.engine.jacobian import batched_vector_jacobian_products, numel, own_memory, scatter
 from mtl.engine.linear_heads import LinearHeadGradients
+from mtl.engine.separate_inputs import SeparateGraphs
 from mtl.methods.base import GradientAggregator
 from mtl.task_chunks import TaskChunks, first_line
 
@@ -42,9 +43,11 @@ RepresentationGradients = Tensor | tuple[Tensor, ...] | LinearHeadGradients
 """Every task's ``dL_k/dz``: stacked ``(K, *z.shape)``, as the ``K`` tensors autograd returned
 (``loop`` takes them one at a time, so they are not copied), or as linear heads' products."""
 
-Backpropagated = tuple[Tensor, RepresentationGradients]
+Backpropagated = tuple[Tensor, RepresentationGradients] | SeparateGraphs
 """What one sample backpropagates into the encoder: the outputs (``z``, or the losses on the
-general path) and the cotangents of every task (or group of tasks)."""
+general path) and the cotangents of every task (or group of tasks); for a batch per task, the
+task losses of their separate graphs (``mtl.engine.separate_inputs``), which every exact mode
+backpropagates one by one."""
 
 Buffer = Callable[[tuple[int, ...]], Tensor]
 """The engine's reused Jacobian buffer of a shape."""
@@ -77,8 +80,12 @@ class LoopRows:
     def fill_jacobians(self, buffer: Tensor, backpropagated: Sequence[Backpropagated], shared: Sequence[nn.Parameter], averaging: Tensor | None = None) -> None:
         """``buffer[n]`` = the Jacobian of sample ``n``, its rows averaged over groups of tasks by
         ``averaging (C, K)`` when given (``C`` backward passes through the encoder instead of ``K``)."""
-        for rows, (outputs, cotangents) in zip(buffer, backpropagated):
-            self.fill(rows, outputs, grouped_cotangents(cotangents, averaging), shared)
+        for rows, sample in zip(buffer, backpropagated):
+            if isinstance(sample, SeparateGraphs):
+                sample.fill(rows, shared, averaging)
+            else:
+                outputs, cotangents = sample
+                self.fill(rows, outputs, grouped_cotangents(cotangents, averaging), shared)
 
     def direction(
         self, method: GradientAggregator, losses: Tensor, backpropagated: Sequence[Backpropagated], shared: Sequence[nn.Parameter], averaging: Tensor | None, buffer: Buffer
@@ -148,8 +155,9 @@ class BatchedRows(LoopRows):
         """A Gramian weighting of one sample whose tasks fit in one call takes the Jacobian as the
         blocks of columns that call returns, never copied into the ``(K, P)`` buffer (so the step
         holds one Jacobian instead of two); otherwise, and after that call ran out of memory, the
-        buffer is filled in chunks."""
-        if "gramian" in method.requires and len(losses) == 1 and (self.chunk or math.inf) >= losses.shape[1]:
+        buffer is filled in chunks (and for a batch per task, which has nothing to batch)."""
+        one_call = len(losses) == 1 and (self.chunk or math.inf) >= losses.shape[1] and not isinstance(backpropagated[0], SeparateGraphs)
+        if "gramian" in method.requires and one_call:
             outputs, cotangents = backpropagated[0]
             cotangents = grouped_cotangents(cotangents, averaging)
             try:

@@ -40,7 +40,7 @@ from mtl.engine.jacobian_modes import JacobianEngine
 from mtl.engine.step import MultiTaskStep
 from mtl.methods.base import Method
 from mtl.sam.base import Sharpness
-from mtl.tasks import INPUT_KEY, Task, model_input, stack_losses
+from mtl.tasks import Task, batch_size, batch_tasks, predict, stack_losses, task_batch
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
@@ -85,7 +85,7 @@ class MultiTaskModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.step = MultiTaskStep(
-            model, tasks, method, jacobian, sam, sync, sam_sync, backward=self.manual_backward, record=functools.partial(self._record, "train")
+            model, tasks, method, jacobian, sam, sync, sam_sync, backward=self.manual_backward, record=functools.partial(self._record, "train", tasks)
         )
         check_clipping(gradient_clip_val, gradient_clip_algorithm)
         self.gradient_clip_val = gradient_clip_val
@@ -137,10 +137,10 @@ class MultiTaskModule(pl.LightningModule):
         self.step.after_update(batch)
         return losses
 
-    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._evaluate("val", batch)
 
-    def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: Mapping[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._evaluate("test", batch)
 
     def on_train_epoch_start(self) -> None:
@@ -160,19 +160,21 @@ class MultiTaskModule(pl.LightningModule):
         self._log_metrics("test")
 
     def _evaluate(self, stage: str, batch: Mapping[str, Tensor]) -> None:
-        """Update the stage's metrics and mean losses with ``batch``."""
-        predictions = self.model(model_input(batch))
-        self._record(stage, predictions, batch, stack_losses(self.tasks, predictions, batch))
+        """Update the stage's metrics and mean losses with ``batch`` (of the tasks it holds: one
+        task's, in an evaluation batch of a batch-per-task data module)."""
+        tasks = batch_tasks(self.tasks, batch)
+        predictions = predict(self.model, tasks, batch)
+        self._record(stage, tasks, predictions, batch, stack_losses(tasks, predictions, batch))
 
-    def _record(self, stage: str, predictions: Mapping[str, Tensor], batch: Mapping[str, Tensor], losses: Tensor) -> None:
-        """Update the stage's metrics and mean losses with ``predictions`` and their ``losses (K,)``
-        (the training loss of the step is logged at once, for the progress bar)."""
-        batch_size = len(batch[INPUT_KEY])
-        for task, loss in zip(self.tasks, losses.detach()):
-            self._metrics(stage)[task.name].update(predictions[task.name].detach(), task.target_of(batch))
-            self._losses(stage)[task.name].update(loss, batch_size)
+    def _record(self, stage: str, tasks: Sequence[Task], predictions: Mapping[str, Tensor], batch: Mapping[str, Tensor], losses: Tensor) -> None:
+        """Update the stage's metrics and mean losses of ``tasks`` with their ``predictions`` and
+        ``losses (K,)`` (the training loss of the step is logged at once, for the progress bar)."""
+        for task, loss in zip(tasks, losses.detach()):
+            own = task_batch(batch, task)
+            self._metrics(stage)[task.name].update(predictions[task.name].detach(), task.target_of(own))
+            self._losses(stage)[task.name].update(loss, batch_size(own))
         if stage == "train":
-            self.log(f"train/{MEAN}/loss_step", losses.detach().mean(), on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
+            self.log(f"train/{MEAN}/loss_step", losses.detach().mean(), on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size(batch))
 
     def _metrics(self, stage: str) -> nn.ModuleDict:
         return getattr(self, f"{stage}_metrics")

@@ -2,7 +2,7 @@
 
 The step, written out so a reader can follow it end to end::
 
-    predictions = model(batch["input"])                    # {task: output}
+    predictions = model(batch["input"])                    # {task: output}; a batch per task: each on its own
     losses      = [task.loss(...) for task]                 # L (K,)
     # a loss weighting:
     backward(method.objective(losses))                      # sum(w * L), w = method(L)
@@ -27,6 +27,7 @@ caller's ``backward`` (Lightning's ``manual_backward``, which DDP's reduction se
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
@@ -35,10 +36,11 @@ from torch import Tensor, nn
 from mtl.engine.checks import check_method, check_sharpness, check_task_groups
 from mtl.engine.distributed import GradientSync
 from mtl.engine.jacobian import set_gradient, task_jacobian
-from mtl.engine.jacobian_modes import JacobianEngine
+from mtl.engine.jacobian_modes import JacobianEngine, Representation
+from mtl.engine.separate_inputs import SeparateInputs
 from mtl.methods.base import GradientAggregator, LossWeighting, Method
-from mtl.sam.base import Aggregate, CleanGradients, RandomState, Sharpness, TaskLosses, TaskPerturbation
-from mtl.tasks import Task, model_input, split_batch, stack_losses, task_losses
+from mtl.sam.base import Aggregate, CleanGradients, RandomState, SeparateTaskLosses, Sharpness, TaskLosses, TaskPerturbation
+from mtl.tasks import Task, batch_size, model_input, predict, split_batch, stack_losses, task_batch, task_losses
 
 Backward = Callable[[Tensor], None]
 """Backpropagates a scalar into ``.grad``."""
@@ -98,7 +100,7 @@ class MultiTaskStep:
         """After the optimizer step: the losses at the new weights, for a method that requires them."""
         if "losses_after_step" in self.method.requires:
             with torch.no_grad():
-                losses_after_step = stack_losses(self.tasks, self.model(model_input(batch)), batch)
+                losses_after_step = stack_losses(self.tasks, predict(self.model, self.tasks, batch), batch)
                 self.method.update(self._global(losses_after_step, batch))
 
     def parameters(self) -> list[nn.Parameter]:
@@ -117,7 +119,7 @@ class MultiTaskStep:
 
     def _train_losses(self, batch: Mapping[str, Tensor]) -> Tensor:
         """The task losses ``(K,)`` of a training batch, recorded except in a perturbed pass."""
-        predictions = self.model(model_input(batch))
+        predictions = predict(self.model, self.tasks, batch)
         losses = stack_losses(self.tasks, predictions, batch)
         if self._recording:
             self.record(predictions, batch, losses)
@@ -166,16 +168,22 @@ class MultiTaskStep:
         With several processes, ``exact`` sync averages the clean and the perturbed task gradients
         over the processes (so every perturbation is the single-process one); ``local`` averages
         the final gradients."""
-        randomness = RandomState.capture(model_input(batch).device)  # the perturbed passes replay the clean pass's draws
+        inputs = model_input(batch)
+        # the perturbed passes replay the clean pass's draws (of each task's pass, for a batch per task: SeparateInputs)
+        randomness = None if isinstance(inputs, Mapping) else RandomState.capture(inputs.device)
         shared = trained(self.model.shared_parameters())
         heads = [trained(self.model.task_parameters(task.name)) for task in self.tasks]
-        losses, global_losses, clean, (aggregate, head_weights) = self._clean_pass(batch, shared, heads)
-        size = len(model_input(batch))
+        representation, losses, global_losses, clean, (aggregate, head_weights) = self._clean_pass(batch, shared, heads)
+        size = batch_size(batch)
 
         def share(gradients: Sequence[Tensor]) -> list[Tensor]:
             return self.sync.average(gradients, size) if self.sync.exact else list(gradients)
 
-        losses_at = TaskLosses(self.model, model_input(batch), lambda outputs: task_losses(self.tasks, outputs, batch), randomness)
+        if isinstance(representation, SeparateInputs):
+            scores = [functools.partial(own_loss, task, task_batch(batch, task)) for task in self.tasks]
+            losses_at = SeparateTaskLosses(self.model, [inputs[task.name] for task in self.tasks], scores, representation.randomness)
+        else:
+            losses_at = TaskLosses(self.model, inputs, lambda outputs: task_losses(self.tasks, outputs, batch), randomness)
         direction, head_gradients = self.sharpness.step(clean, global_losses, losses_at, shared, heads, aggregate, share)
         set_gradient(shared, direction)
         for weight, head, gradients in zip(head_weights, heads, head_gradients):
@@ -187,10 +195,11 @@ class MultiTaskStep:
 
     def _clean_pass(
         self, batch: Mapping[str, Tensor], shared: Sequence[nn.Parameter], heads: Sequence[Sequence[nn.Parameter]]
-    ) -> tuple[Tensor, Tensor, CleanGradients, tuple[Aggregate, Tensor]]:
-        """F-MTL's pass at ``w``, recorded: the task losses and their global values (detached), the
-        task gradients from the Jacobian engine, and the task combination (``_task_combination``).
-        Its graph ends here, so the perturbed passes do not hold its activations."""
+    ) -> tuple[Representation | SeparateInputs | None, Tensor, Tensor, CleanGradients, tuple[Aggregate, Tensor]]:
+        """F-MTL's pass at ``w``, recorded: its representation (``JacobianEngine.forward``), the task
+        losses and their global values (detached), the task gradients from the Jacobian engine, and
+        the task combination (``_task_combination``). Its graph ends here, so the perturbed passes
+        do not hold its activations."""
         representation, predictions = self.engine.forward(self.model, model_input(batch), [task.name for task in self.tasks])
         separate = task_losses(self.tasks, predictions, batch)
         losses = torch.stack(separate)
@@ -199,7 +208,7 @@ class MultiTaskStep:
         # each task's own loss (its gradient runs its own head alone), with the global value
         global_separate = [loss + (value - loss).detach() for loss, value in zip(separate, global_losses.detach())]
         clean = self.engine.task_gradients(global_separate, representation, shared, heads)
-        return losses.detach(), global_losses.detach(), clean, self._task_combination(global_losses, batch)
+        return representation, losses.detach(), global_losses.detach(), clean, self._task_combination(global_losses, batch)
 
     def _average_gradients(self, batch_size: int) -> None:
         """Replace every ``.grad`` by its average over the processes, in one all-reduce."""
@@ -210,7 +219,7 @@ class MultiTaskStep:
     def _global(self, values: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
         """``values`` (losses, gradients) averaged over the processes under ``exact`` sync, with the
         gradient of this process's own; ``values`` otherwise (see ``GradientSync.global_values``)."""
-        return self.sync.global_values(values, len(model_input(batch)))
+        return self.sync.global_values(values, batch_size(batch))
 
     def _task_combination(self, losses: Tensor, batch: Mapping[str, Tensor]) -> tuple[Aggregate, Tensor]:
         """How F-MTL combines task gradients ``(K, P)``, and the weights ``(K,)`` of the heads'
@@ -281,8 +290,13 @@ class MultiTaskStep:
         losses = torch.stack([torch.stack(sample) for sample in separate])
         shared = trained(self.model.shared_parameters())
         heads = trained(parameter for task in self.tasks for parameter in self.model.task_parameters(task.name))
-        self.engine.write_gradients(self.method, losses, representations, shared, heads, len(model_input(batch)), self.sync, separate)
+        self.engine.write_gradients(self.method, losses, representations, shared, heads, batch_size(batch), self.sync, separate)
         return losses.mean(dim=0)
+
+
+def own_loss(task: Task, batch: Mapping[str, Tensor], predictions: Mapping[str, Tensor]) -> Tensor:
+    """``task``'s loss on its own ``batch`` from the ``predictions`` of its forward pass."""
+    return task.loss(predictions[task.name], task.target_of(batch))
 
 
 def trained(parameters: Iterable[nn.Parameter]) -> list[nn.Parameter]:

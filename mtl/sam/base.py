@@ -90,12 +90,41 @@ class TaskLosses:
     score: Callable[[Any], Sequence[Tensor]]
     randomness: RandomState
 
+    one_forward: ClassVar[bool] = True
+    """Whether one forward pass gives every task's loss (F-MTL's vmapped evaluation needs it)."""
+
     def at(self, tensors: Mapping[str, Tensor]) -> Sequence[Tensor]:
         """The losses with the model's parameters and buffers named in ``tensors`` replaced by them
         (``torch.func.functional_call``): the model's own tensors of those names are neither read
         nor written (in-place buffer updates land in ``tensors``)."""
         with self.randomness.replayed():
             return self.score(functional_call(self.model, dict(tensors), (self.inputs,)))
+
+    def task_loss(self, tensors: Mapping[str, Tensor], task: int) -> Tensor:
+        """Task ``task``'s loss of ``at(tensors)``."""
+        return self.at(tensors)[task]
+
+
+@dataclass(frozen=True)
+class SeparateTaskLosses:
+    """``TaskLosses`` of a batch per task: task ``k``'s loss is ``scores[k](model(inputs[k]))``, its
+    forward pass replaying ``randomness[k]``, the draws of task ``k``'s clean pass."""
+
+    model: nn.Module
+    inputs: Sequence[Tensor]
+    scores: Sequence[Callable[[Any], Tensor]]
+    randomness: Sequence[RandomState]
+
+    one_forward: ClassVar[bool] = False
+
+    def at(self, tensors: Mapping[str, Tensor]) -> Sequence[Tensor]:
+        """Every task's loss at ``tensors`` (as ``TaskLosses.at``), one forward pass per task."""
+        return [self.task_loss(tensors, task) for task in range(len(self.inputs))]
+
+    def task_loss(self, tensors: Mapping[str, Tensor], task: int) -> Tensor:
+        """Task ``task``'s loss at ``tensors``, from the forward pass of its own batch alone."""
+        with self.randomness[task].replayed():
+            return self.scores[task](functional_call(self.model, dict(tensors), (self.inputs[task],)))
 
 
 class WeightPerturbation(ABC):
@@ -123,7 +152,7 @@ class TaskPerturbation(ABC):
         self,
         clean: CleanGradients,
         losses: Tensor,
-        task_losses: TaskLosses,
+        task_losses: TaskLosses | SeparateTaskLosses,
         shared: Sequence[Tensor],
         heads: Sequence[Sequence[Tensor]],
         aggregate: Aggregate,

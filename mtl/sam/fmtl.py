@@ -49,7 +49,8 @@ K perturbed models see the clean pass's dropout masks and ``h_k`` is a differenc
 one loss: at ``rho = 0`` it is exactly zero. Buffers are passed in as copies and dropped after the pass, so BatchNorm statistics move
 with the clean pass only. A model that cannot be vmapped (an op without a batching rule,
 data-dependent control flow) switches F-MTL to the loop for the rest of the run, with one warning
-naming the reason.
+naming the reason. A batch per task (``SeparateTaskLosses``) always takes the loop: model ``k``
+runs on task ``k``'s batch alone, replaying the draws of that task's clean pass.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from mtl.sam.base import Aggregate, CleanGradients, Share, TaskLosses, TaskPerturbation, ascent
+from mtl.sam.base import Aggregate, CleanGradients, SeparateTaskLosses, Share, TaskLosses, TaskPerturbation, ascent
 from mtl.task_chunks import TaskChunks, first_line
 
 NORMS = ("separate", "joint")
@@ -106,7 +107,7 @@ class FlatMTL(TaskPerturbation):
         self,
         clean: CleanGradients,
         losses: Tensor,
-        task_losses: TaskLosses,
+        task_losses: TaskLosses | SeparateTaskLosses,
         shared: Sequence[Tensor],
         heads: Sequence[Sequence[Tensor]],
         aggregate: Aggregate,
@@ -123,8 +124,10 @@ class FlatMTL(TaskPerturbation):
         return direction, [head_gradients for _, head_gradients in perturbed]
 
     def _perturbed_gradients(self, models: PerturbedModels) -> list[TaskGradients]:
-        """Every task's gradients at its perturbed weights, batched while the model allows it."""
-        if self.batched:
+        """Every task's gradients at its perturbed weights, batched while the model allows it (and
+        one forward pass gives every task's loss: a batch per task runs each task's model on its
+        own batch, one after the other)."""
+        if self.batched and models.task_losses.one_forward:
             try:
                 return self._batched_gradients(models)
             except torch.OutOfMemoryError:
@@ -173,7 +176,7 @@ class PerturbedModels:
     ``k`` at ``φ_k + e'_k`` (``shift(k)``, shared part first) and the other heads unperturbed.
     Each is evaluated on task ``k``'s loss, with copies of the model's buffers."""
 
-    def __init__(self, task_losses: TaskLosses, shared: Sequence[Tensor], heads: Sequence[Sequence[Tensor]], shift: Callable[[int], list[Tensor]]) -> None:
+    def __init__(self, task_losses: TaskLosses | SeparateTaskLosses, shared: Sequence[Tensor], heads: Sequence[Sequence[Tensor]], shift: Callable[[int], list[Tensor]]) -> None:
         names = {id(parameter): name for name, parameter in task_losses.model.named_parameters()}
         unknown = [tuple(parameter.shape) for parameter in (*shared, *(parameter for head in heads for parameter in head)) if id(parameter) not in names]
         if unknown:
@@ -192,7 +195,7 @@ class PerturbedModels:
         """Task ``task``'s gradients at its perturbed weights, from one forward and one backward pass."""
         weights = dict(zip([*self.shared_names, *self.head_names[task]], (weight.requires_grad_() for weight in self.weights(task))))
         buffers = {name: buffer.clone() for name, buffer in self.task_losses.model.named_buffers()}
-        loss = self.task_losses.at({**weights, **buffers})[task]
+        loss = self.task_losses.task_loss({**weights, **buffers}, task)
         return self._split(gradients(loss, list(weights.values())))
 
     def batched(self, tasks: Sequence[int]) -> list[TaskGradients]:
