@@ -114,3 +114,16 @@ def test_a_method_of_neither_kind_is_refused():
     model = HardParameterSharing(MLP, MLPHead, TASKS, (1, 2, 2))
     with pytest.raises(TypeError, match="Identity is neither a mtl.methods.LossWeighting nor a mtl.methods.GradientAggregator"):
         MultiTaskModule(model, TASKS, torch.nn.Identity(), optimizer=torch.optim.SGD)
+
+
+def test_the_evaluation_loss_is_the_mean_over_samples_however_the_batches_fall():
+    module, data = make_module(), batch(7)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    (tested,) = trainer.test(module, DataLoader([data], batch_size=None), verbose=False)
+    split = trainer.test(module, DataLoader([{key: value[:5] for key, value in data.items()}, {key: value[5:] for key, value in data.items()}], batch_size=None), verbose=False)[0]
+    with torch.no_grad():
+        predictions = module.model(data["input"])
+    for task in TASKS:
+        expected = task.loss(predictions[task.name], data[task.name]).item()
+        assert tested[f"test/{task.name}/loss"] == pytest.approx(expected, rel=1e-6)
+        assert split[f"test/{task.name}/loss"] == pytest.approx(expected, rel=1e-6)  # 5 and 2 samples weigh 5 and 2

@@ -172,7 +172,9 @@ class MultiTaskModule(pl.LightningModule):
         for task, loss in zip(tasks, losses.detach()):
             own = task_batch(batch, task)
             self._metrics(stage)[task.name].update(predictions[task.name].detach(), task.target_of(own))
-            self._losses(stage)[task.name].update(loss, batch_size(own))
+            # the loss once per sample: under nan_strategy="disable" MeanMetric drops the weight
+            # argument (torchmetrics#3434), which would weigh a short last batch as a full one
+            self._losses(stage)[task.name].update(loss.expand(batch_size(own)))
         if stage == "train":
             self.log(f"train/{MEAN}/loss_step", losses.detach().mean(), on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size(batch))
 
