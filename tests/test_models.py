@@ -70,3 +70,21 @@ def test_the_fmtl_resnet18_has_torchvisions_resnet18_parameters_on_one_channel_w
 def test_an_unknown_resnet_stem_names_the_valid_ones():
     with pytest.raises(ValueError, match=r"unknown ResNet stem 'cifar'; valid choices: \['small', 'imagenet'\]"):
         ResNet((1, 36, 36), stem="cifar")
+
+
+def test_libmtls_office_projection_is_a_small_normal_linear_then_batchnorm_relu_and_dropout():
+    torch.manual_seed(0)
+    encoder = ResNet((3, 32, 32), widths=(64, 128, 256, 512), blocks=2, stem="imagenet", features=512, projection="batchnorm", dropout=0.5)
+    linear, norm, relu, dropout = list(encoder.layers)[-4:]
+    assert isinstance(linear, torch.nn.Linear) and (linear.in_features, linear.out_features) == (512, 512)
+    assert linear.weight.std().item() == pytest.approx(0.005, rel=0.01) and torch.all(linear.bias == 0.1)
+    assert isinstance(norm, torch.nn.BatchNorm1d) and isinstance(relu, torch.nn.ReLU) and dropout.p == 0.5
+    # torchvision's resnet18 without its fc (513,000), then 512*512 + 512 and the BatchNorm's 2*512
+    assert sum(parameter.numel() for parameter in encoder.parameters()) == 11_689_512 - 513_000 + 512 * 513 + 1024
+
+
+def test_a_projection_or_dropout_that_cannot_apply_is_refused():
+    with pytest.raises(ValueError, match=r"unknown ResNet projection 'gelu'; valid choices: \['relu', 'batchnorm'\]"):
+        ResNet((3, 32, 32), features=8, projection="gelu")
+    with pytest.raises(ValueError, match=r"dropout=0.5 applies to the projection='batchnorm' of features; here features=8, projection='relu'"):
+        ResNet((3, 32, 32), features=8, dropout=0.5)

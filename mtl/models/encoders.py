@@ -130,25 +130,55 @@ class BasicBlock(nn.Module):
 
 
 STEMS = ("small", "imagenet")
+PROJECTIONS = ("relu", "batchnorm")
+
+
+def projection_layers(in_features: int, out_features: int, projection: str, dropout: float) -> list[nn.Module]:
+    """The layers of a ``ResNet``'s ``projection``."""
+    linear = nn.Linear(in_features, out_features)
+    if projection == "relu":
+        return [linear, nn.ReLU()]
+    nn.init.normal_(linear.weight, 0.0, 0.005)
+    nn.init.constant_(linear.bias, 0.1)
+    return [linear, nn.BatchNorm1d(out_features), nn.ReLU(), nn.Dropout(dropout)]
 
 
 class ResNet(Encoder):
     """A ResNet: a stem, one stage of ``blocks`` basic blocks per entry of ``widths`` (stride 2 from
-    the second stage on), global average pooling, and with ``features`` a ``Linear → ReLU`` to that
-    width.
+    the second stage on), global average pooling, and with ``features`` a projection to that width:
+    ``Linear → ReLU`` (``projection="relu"``) or ``Linear → BatchNorm → ReLU → Dropout(dropout)``
+    (``projection="batchnorm"``, its Linear drawn from N(0, 0.005²) with biases 0.1).
 
     ``stem="small"`` is one 3x3 convolution of stride 1; ``stem="imagenet"`` is torchvision's: a 7x7
     convolution of stride 2 and a 3x3 max-pool of stride 2. ``widths=(64, 128, 256, 512)``,
-    ``blocks=2``, ``stem="imagenet"``, ``features=100`` is the ResNet-18 of the F-MTL MultiMNIST
-    code (Phan et al. 2022, VietHoang1512/FS-MTL ``multi-mnist/model_resnet.py``: torchvision's
-    ``resnet18`` on one input channel, its ``fc`` 512 → 100 followed by a ReLU), with PyTorch's
-    default initialization where torchvision draws the convolutions from ``kaiming_normal_``.
+    ``blocks=2``, ``stem="imagenet"`` is ResNet-18, with ``features=100`` the one of the F-MTL
+    MultiMNIST code (Phan et al. 2022, VietHoang1512/FS-MTL ``multi-mnist/model_resnet.py``:
+    torchvision's ``resnet18`` on one input channel, its ``fc`` 512 → 100 followed by a ReLU), with
+    ``features=512, projection="batchnorm", dropout=0.5`` LibMTL's Office encoder (Lin & Zhang 2023,
+    arXiv:2203.14338; LibMTL ``examples/office/main.py``). Convolutions take PyTorch's default
+    initialization where torchvision draws them from ``kaiming_normal_``; ``pretrained`` is the path of
+    a torchvision ResNet state dict (``mtl.models.pretrained``: ImageNet weights, which LibMTL starts
+    from), loaded into the stem and the blocks.
     """
 
-    def __init__(self, input_shape: Sequence[int], widths: Sequence[int] = (16, 32, 64), blocks: int = 1, stem: str = "small", features: int | None = None) -> None:
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        widths: Sequence[int] = (16, 32, 64),
+        blocks: int = 1,
+        stem: str = "small",
+        features: int | None = None,
+        projection: str = "relu",
+        dropout: float = 0.0,
+        pretrained: str | None = None,
+    ) -> None:
         super().__init__()
         if stem not in STEMS:
             raise ValueError(f"unknown ResNet stem '{stem}'; valid choices: {list(STEMS)}")
+        if projection not in PROJECTIONS:
+            raise ValueError(f"unknown ResNet projection '{projection}'; valid choices: {list(PROJECTIONS)}")
+        if dropout and (features is None or projection != "batchnorm"):
+            raise ValueError(f"dropout={dropout} applies to the projection='batchnorm' of features; here features={features}, projection='{projection}'")
         if stem == "small":
             layers: list[nn.Module] = [nn.Conv2d(input_shape[0], widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()]
         else:
@@ -164,11 +194,16 @@ class ResNet(Encoder):
         self.feature_ends = self.stage_ends[1:]  # the stem joins the first stage: each ends in a residual block
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         if features is not None:
-            layers += [nn.Linear(channels, features), nn.ReLU()]
+            layers += projection_layers(channels, features, projection, dropout)
             channels = features
         self.stage_ends[-1] = len(layers)  # the pooling (and projection) ends the last stage
         self.layers = nn.Sequential(*layers)
         self.out_features = channels
+        self.stem, self.blocks = stem, blocks
+        if pretrained is not None:
+            from mtl.models.pretrained import load_torchvision_resnet
+
+            load_torchvision_resnet(self, pretrained)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
