@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from mtl.build import build_datamodule_and_module
 from mtl.checkpoints import WEIGHTS_ONLY, CheckpointError, read_checkpoint
 from mtl.console import print_results_table
-from mtl.run_files import nest_metrics, write_json
+from mtl.run_files import nest_metrics, tested_metrics, write_json
 from mtl.train import CONFIG_DIR
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     run_cfg.data = OmegaConf.merge(run_cfg.data, cfg.get("data") or {})
     datamodule, module = build_datamodule_and_module(run_cfg)
     trainer = instantiate(cfg.trainer, logger=False)
-    (test_metrics,) = trainer.test(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, verbose=False, weights_only=WEIGHTS_ONLY)
+    test_metrics = tested_metrics(trainer.test(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, verbose=False, weights_only=WEIGHTS_ONLY))
     results = {"test": nest_metrics(test_metrics, "test"), "checkpoint": str(cfg.ckpt_path)}
     write_json(Path(cfg.paths.output_dir) / "results.json", results)
     print_results_table(f"test metrics of {cfg.ckpt_path}", results["test"])

@@ -63,6 +63,12 @@ def write_run_files(output_dir: Path, cfg: DictConfig) -> None:
     )
 
 
+def tested_metrics(per_loader: list[dict[str, float]]) -> dict[str, float]:
+    """The metrics of a ``trainer.test``, which returns a dict per test loader (a loader per task
+    for a batch-per-task data module), each holding every metric logged at the end of the epoch."""
+    return {key: value for metrics in per_loader for key, value in metrics.items()}
+
+
 def nest_metrics(flat: dict[str, float], stage: str) -> dict[str, dict[str, float]]:
     """``{"test/left/accuracy": 0.9}`` -> ``{"left": {"accuracy": 0.9}}`` for one ``stage``."""
     nested: dict[str, dict[str, float]] = {}

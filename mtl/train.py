@@ -24,7 +24,7 @@ from mtl.checkpoints import WEIGHTS_ONLY, CheckpointError, check_resumable, load
 from mtl.console import print_config_tree, print_results_table
 from mtl.engine.host_memory import retain_freed_host_memory
 from mtl.metrics.delta_m import check_baselines, delta_m
-from mtl.run_files import git_state, nest_metrics, write_json, write_run_files
+from mtl.run_files import git_state, nest_metrics, tested_metrics, write_json, write_run_files
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def fit_and_test(cfg: DictConfig, trainer: pl.Trainer, datamodule: pl.LightningD
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
     if best is None:
         log.warning("No checkpoint was saved; testing the weights at the end of training")
-    (test_metrics,) = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=WEIGHTS_ONLY)
+    test_metrics = tested_metrics(trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=WEIGHTS_ONLY))
     averaged = [callback.mean() for callback in trainer.callbacks if isinstance(callback, LastEpochsMean)]
     return {
         "test": nest_metrics(test_metrics, "test"),

@@ -13,6 +13,7 @@ from mtl.train import CONFIG_DIR
 from tests.celeba_fixtures import write_celeba
 from tests.conftest import SHARED_ADULT, compose_config
 from tests.dense_fixtures import write_cityscapes, write_nyuv2
+from tests.office_fixtures import write_office
 
 GROUP_OPTIONS = sorted(
     (path.parent.name, path.stem)
@@ -34,16 +35,26 @@ NEEDS = {
     ("experiment", "cityscapes_segnet_mtan"): ["data.root={cityscapes}"],
     ("data", "celeba"): ["data.root={celeba}"],
     ("experiment", "celeba_famo"): ["data.root={celeba}"],
+    ("data", "office31"): ["data.root={office31}", "data.splits={office31}/data_txt"],
+    ("experiment", "office31_libmtl"): ["data.root={office31}", "data.splits={office31}/data_txt"],
+    ("data", "office_home"): ["data.root={office_home}"],
+    ("experiment", "office_home_libmtl"): ["data.root={office_home}"],
 }
 """Options that do not fit the default experiment, with what they need (LeNet needs a larger canvas,
-single-task training the name of its task, Adult the shared files, the dense benchmarks, SegNet
-and CelebA fixtures in the releases' format: ``{nyuv2}``, ``{cityscapes}`` and ``{celeba}`` are
-their roots)."""
+single-task training the name of its task, Adult the shared files, the dense benchmarks, SegNet,
+CelebA and Office fixtures in the releases' format: ``{nyuv2}``, ``{cityscapes}``, ``{celeba}``,
+``{office31}`` and ``{office_home}`` are their roots)."""
 
 
 @pytest.fixture(scope="module")
 def fixture_roots(tmp_path_factory):
-    writers = {"nyuv2": write_nyuv2, "cityscapes": write_cityscapes, "celeba": write_celeba}
+    writers = {
+        "nyuv2": write_nyuv2,
+        "cityscapes": write_cityscapes,
+        "celeba": write_celeba,
+        "office31": lambda root: write_office(root)[0],
+        "office_home": lambda root: write_office(root, "office_home")[0],
+    }
     return {name: write(tmp_path_factory.mktemp(name)) for name, write in writers.items()}
 
 

@@ -7,6 +7,21 @@ from mtl.data.cityscapes import CityScapes
 from mtl.data.multidigits import MultiDigits
 from mtl.data.multimnist import MultiMNIST
 from mtl.data.nyuv2 import NYUv2
+from mtl.data.office import Office31, OfficeHome
+from mtl.data.per_task import PerTaskDataModule
 from mtl.data.synthetic_correlation import SyntheticCorrelation
 
-__all__ = ["Adult", "CelebA", "CityScapes", "MultiDigits", "MultiMNIST", "MultiTaskDataModule", "MultiTaskDataset", "NYUv2", "SyntheticCorrelation"]
+__all__ = [
+    "Adult",
+    "CelebA",
+    "CityScapes",
+    "MultiDigits",
+    "MultiMNIST",
+    "MultiTaskDataModule",
+    "MultiTaskDataset",
+    "NYUv2",
+    "Office31",
+    "OfficeHome",
+    "PerTaskDataModule",
+    "SyntheticCorrelation",
+]

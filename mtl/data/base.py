@@ -155,13 +155,14 @@ class MultiTaskDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.splits["test"], self.eval_batch_size, sampler=EvaluationShard(self.splits["test"]))
 
-    def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler | None = None) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler | None = None, collate_fn: Callable | None = None) -> DataLoader:
         # A private generator for the loader's worker seeds: creating an iterator then draws nothing
         # from the global generator, whose state (dropout) must depend on the epoch alone.
         return DataLoader(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
+            collate_fn=collate_fn,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             generator=torch.Generator().manual_seed(self.shuffle_seed),

@@ -23,11 +23,26 @@ from mtl.methods.mgda import MGDA
 from mtl.sam import GSAM
 from mtl.train import train
 from tests.conftest import TINY, compose_config
+from tests.office_fixtures import write_office
 from tests.test_train import run_cli
 
 STEPS = 3
 GLOBAL_BATCH = 64
 PROCESSES = 2
+
+OFFICE = [
+    "experiment=office31_libmtl",
+    "data.root={office31}",
+    "data.splits={office31}/data_txt",
+    "data.image_size=[16,16]",
+    "model.encoder.widths=[4,8]",
+    "model.encoder.features=8",
+    "model.encoder.dropout=0",
+    "optimizer.lr=0.1",
+]
+"""Office-31's fixture, a batch per task (``{office31}``: its root), the batch size each task's;
+without dropout, whose masks depend on how a batch is split across processes, and at a learning
+rate at which a wrong step shows (the experiment's is 1e-4)."""
 
 CASES = {
     "ew": ["method=ew"],
@@ -49,35 +64,46 @@ CASES = {
     "mtan_mgda": ["model=mtan", "model.encoder.widths=[4,8]", "method=mgda"],
     "sam_pcgrad": ["method=pcgrad", "sam=sam"],
     "gsam_uw": ["method=uw", "sam=gsam"],
+    "office_mgda": [*OFFICE, "method=mgda"],
+    "office_fmtl_pcgrad": [*OFFICE, "method=pcgrad", "sam=fmtl", "sam.rho=0.05"],
     "mgda_local": ["method=mgda", "distributed.sync=local"],
     "sam_pcgrad_own": ["method=pcgrad", "sam=sam", "sam.sync=local"],
     "sam_ew_own": ["method=ew", "sam=sam", "sam.sync=local"],
 }
 """Runs compared between two processes and one; SGD so that tiny float differences stay tiny.
-The mixture-of-experts models take the engine's general path (no single representation).
+The mixture-of-experts models take the engine's general path (no single representation), the
+Office cases its graphs of one task each.
 STCH weights the losses nonlinearly, GradNorm needs gradient norms and FAMO the losses after the
 step: each sees the global values only if they are shared."""
 
-WITHOUT_BATCH_STATISTICS = {"mtan_mgda"}
+WITHOUT_BATCH_STATISTICS = {"mtan_mgda", "office_mgda", "office_fmtl_pcgrad"}
 """Cases whose BatchNorm layers keep only their affine part: under DDP each process normalizes over
 its own samples unless ``trainer.sync_batchnorm`` (GPUs only), so what these cases check is the
 engine's exact path through the architecture's graph."""
 
 
-def affine_part(layer: torch.nn.BatchNorm2d):
+def affine_part(layer: torch.nn.modules.batchnorm._BatchNorm):
     """``layer``'s per-channel scale and shift alone, which treat each sample on its own."""
-    return lambda features: features * layer.weight[:, None, None] + layer.bias[:, None, None]
+
+    def forward(features: torch.Tensor) -> torch.Tensor:
+        shape = (-1, *[1] * (features.dim() - 2))
+        return features * layer.weight.view(shape) + layer.bias.view(shape)
+
+    return forward
 
 
 def train_steps(overrides: list[str], root: Path, name: str, devices: int) -> dict[str, torch.Tensor]:
     """The model's parameters after ``STEPS`` steps of the tiny default experiment on ``devices``
-    CPU processes, each holding ``GLOBAL_BATCH / devices`` samples of every global batch."""
-    cfg = compose_config([*TINY, "optimizer=sgd", f"data.batch_size={GLOBAL_BATCH // devices}", *overrides], root / f"{name}-{devices}")
+    CPU processes, each holding ``GLOBAL_BATCH / devices`` samples of every global batch. A case
+    that names its experiment brings its own data in place of TINY's."""
+    own_data = any(override.startswith("experiment=") for override in overrides)
+    tiny = [override for override in TINY if not (own_data and override.startswith("data."))]
+    cfg = compose_config([*tiny, "optimizer=sgd", f"data.batch_size={GLOBAL_BATCH // devices}", *overrides], root / f"{name}-{devices}")
     pl.seed_everything(cfg.seed)
     datamodule, module = build_datamodule_and_module(cfg)
     if name in WITHOUT_BATCH_STATISTICS:
         for layer in module.modules():
-            if isinstance(layer, torch.nn.BatchNorm2d):
+            if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
                 layer.forward = affine_part(layer)  # on the layer objects, wherever the model holds them
     trainer = pl.Trainer(
         accelerator="cpu",
@@ -116,9 +142,11 @@ def free_port() -> int:
 def runs(tmp_path_factory):
     """``{case: (parameters on two processes, parameters on one)}``."""
     root = tmp_path_factory.mktemp("distributed")
-    single = {name: train_steps(overrides, root, name, 1) for name, overrides in CASES.items()}
-    mp.spawn(process, args=(free_port(), root, CASES), nprocs=PROCESSES, join=True)
-    return {name: (torch.load(root / f"{name}.pt"), single[name], torch.load(root / f"{name}.rank1.pt")) for name in CASES}
+    office31, _ = write_office(root / "office31")
+    cases = {name: [override.replace("{office31}", str(office31)) for override in overrides] for name, overrides in CASES.items()}
+    single = {name: train_steps(overrides, root, name, 1) for name, overrides in cases.items()}
+    mp.spawn(process, args=(free_port(), root, cases), nprocs=PROCESSES, join=True)
+    return {name: (torch.load(root / f"{name}.pt"), single[name], torch.load(root / f"{name}.rank1.pt")) for name in cases}
 
 
 def largest_difference(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> float:
