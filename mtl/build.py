@@ -63,6 +63,7 @@ def build_datamodule_and_module(cfg: DictConfig) -> tuple[MultiTaskDataModule, M
         gradient_clip_val=cfg.get("gradient_clip_val"),
         gradient_clip_algorithm=cfg.get("gradient_clip_algorithm", "norm"),
         sam_sync=sam_sync,
+        scheduler_monitor=cfg.get("scheduler_monitor"),
     )
     return datamodule, module
 

@@ -5,12 +5,14 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from mtl.build import build_datamodule_and_module
 from mtl.engine import MultiTaskModule
 from mtl.engine.jacobian import task_jacobian
 from mtl.methods import GramianWeighting
 from mtl.methods.linear import LinearScalarization
 from mtl.models import MLP, HardParameterSharing, MLPHead
 from mtl.tasks import ClassificationTask, MissingTargetError
+from tests.conftest import TINY, compose_config
 
 TASKS = [ClassificationTask("left", 3), ClassificationTask("right", 3)]
 LR = 0.1
@@ -127,3 +129,23 @@ def test_the_evaluation_loss_is_the_mean_over_samples_however_the_batches_fall()
         expected = task.loss(predictions[task.name], data[task.name]).item()
         assert tested[f"test/{task.name}/loss"] == pytest.approx(expected, rel=1e-6)
         assert split[f"test/{task.name}/loss"] == pytest.approx(expected, rel=1e-6)  # 5 and 2 samples weigh 5 and 2
+
+
+def fit_tiny(tmp_path, overrides, epochs=3):
+    cfg = compose_config([*TINY, f"trainer.max_epochs={epochs}", *overrides], tmp_path)
+    datamodule, module = build_datamodule_and_module(cfg)
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, datamodule=datamodule)
+    return module
+
+
+def test_a_plateau_scheduler_steps_once_an_epoch_on_the_monitored_metric(tmp_path):
+    # an improvement must beat the best by 1e9: only the first epoch's value improves (on infinity),
+    # so with patience 0 the two later epochs each halve the learning rate
+    plateau = ["scheduler=plateau", "scheduler.patience=0", "scheduler.factor=0.5", "+scheduler.threshold=1e9", "+scheduler.threshold_mode=abs"]
+    module = fit_tiny(tmp_path / "run", [*plateau, "scheduler_monitor=val/mean/loss", "optimizer.lr=0.01"])
+    assert module.optimizers().param_groups[0]["lr"] == pytest.approx(0.01 / 4)
+    with pytest.raises(KeyError, match=r"scheduler_monitor=val/mean/lost is not a metric of this run; its metrics are \[.*'val/mean/loss'"):
+        fit_tiny(tmp_path / "typo", [*plateau, "scheduler_monitor=val/mean/lost"], epochs=1)
+    with pytest.raises(ValueError, match=r"a ReduceLROnPlateau scheduler steps on a metric: set scheduler_monitor"):
+        fit_tiny(tmp_path / "none", plateau, epochs=1)

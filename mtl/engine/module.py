@@ -32,6 +32,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics import MeanMetric
 
 from mtl.engine.checks import check_clipping, check_strategy
@@ -60,7 +61,7 @@ class MultiTaskModule(pl.LightningModule):
     ``jacobian``, ``sam``, ``sync`` and ``sam_sync`` are the step's (``MultiTaskStep``: its
     ``engine``, ``sharpness``, ``sync`` and ``sam_sync``). ``optimizer`` and ``scheduler`` are
     factories (Hydra partials) taking the parameters and the optimizer; the scheduler is stepped
-    once per epoch. ``gradient_clip_val`` clips the final update (after aggregation and any
+    once per epoch, a ``ReduceLROnPlateau`` on the epoch's value of ``scheduler_monitor``. ``gradient_clip_val`` clips the final update (after aggregation and any
     sharpness-aware step) before the optimizer step, by its norm over all parameters or by value
     (``gradient_clip_algorithm``); Lightning's own clipping is unavailable under manual
     optimization. ``config`` is the run's resolved configuration: it is sent to the loggers and
@@ -82,6 +83,7 @@ class MultiTaskModule(pl.LightningModule):
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str = "norm",
         sam_sync: str = "global",
+        scheduler_monitor: str | None = None,
     ) -> None:
         super().__init__()
         self.step = MultiTaskStep(
@@ -96,6 +98,7 @@ class MultiTaskModule(pl.LightningModule):
         self.method = method
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self.scheduler_monitor = scheduler_monitor
         self.seed = seed
         self.save_hyperparameters({"config": dict(config or {})})
         self.train_metrics, self.val_metrics, self.test_metrics = (
@@ -125,7 +128,10 @@ class MultiTaskModule(pl.LightningModule):
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
+        scheduler = self.scheduler_factory(optimizer)
+        if isinstance(scheduler, ReduceLROnPlateau) and self.scheduler_monitor is None:
+            raise ValueError("a ReduceLROnPlateau scheduler steps on a metric: set scheduler_monitor, e.g. scheduler_monitor=val/mean/loss")
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
         optimizer = self.optimizers()
@@ -150,8 +156,18 @@ class MultiTaskModule(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         self._log_metrics("train")
         scheduler = self.lr_schedulers()
-        if scheduler is not None:
+        if isinstance(scheduler, ReduceLROnPlateau):
+            scheduler.step(self._monitored(self.scheduler_monitor))
+        elif scheduler is not None:
             scheduler.step()
+
+    def _monitored(self, name: str | None) -> Tensor:
+        """The value of the epoch's metric ``name`` (this epoch's validation ran before the end of
+        its training epoch), or an error naming the metrics there are."""
+        metrics = self.trainer.callback_metrics
+        if name not in metrics:
+            raise KeyError(f"scheduler_monitor={name} is not a metric of this run; its metrics are {sorted(metrics)}")
+        return metrics[name]
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
