@@ -64,6 +64,7 @@ def build_datamodule_and_module(cfg: DictConfig) -> tuple[MultiTaskDataModule, M
         gradient_clip_algorithm=cfg.get("gradient_clip_algorithm", "norm"),
         sam_sync=sam_sync,
         scheduler_monitor=cfg.get("scheduler_monitor"),
+        baselines=OmegaConf.to_container(cfg.baselines) if cfg.get("baselines") else None,
     )
     return datamodule, module
 

@@ -4,7 +4,8 @@ A data module declares its tasks; the model builds one head per task from ``num_
 training module computes each task's loss and metrics from them. Missing labels are written as
 ``IGNORE_INDEX`` in the target and excluded from both the loss and the metrics.
 
-A batch is a mapping of the model input (``INPUT_KEY``) and the task targets. Where every task has
+A batch is a mapping of the model input (``INPUT_KEY``: a tensor, or a batch of graphs for
+``mtl.data.qm9``) and the task targets. Where every task has
 its own images (the Office benchmarks, ``mtl.data.office``), a batch holds a batch per task instead,
 ``{task name: {INPUT_KEY: input, target: labels}}``: each task's predictions come from its own batch
 (``predict``), and an evaluation batch holds one task's. ``task_batch``, ``model_input``,
@@ -13,14 +14,16 @@ its own images (the Office benchmarks, ``mtl.data.office``), a batch holds a bat
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryF1Score, MulticlassAccuracy, MulticlassAUROC
+from torchmetrics.wrappers import LambdaInputTransformer
 
 INPUT_KEY = "input"
 """Batch key of the model input; every other key of a batch is a task target."""
@@ -128,22 +131,41 @@ class BinaryTask(Task):
         return MetricCollection({"accuracy": BinaryAccuracy(ignore_index=IGNORE_INDEX), "f1": BinaryF1Score(ignore_index=IGNORE_INDEX)})
 
 
-class RegressionTask(Task):
-    """Real-valued targets ``(B, num_outputs)``: mean squared error as the loss, MSE and MAE as the
-    metrics (lower is better). Every sample needs its label (no missing-label mask)."""
+REGRESSION_METRICS = {"mse": MeanSquaredError, "mae": MeanAbsoluteError}
 
-    def __init__(self, name: str, num_outputs: int = 1, target: str | None = None) -> None:
+
+class RegressionTask(Task):
+    """Real-valued targets ``(B, num_outputs)``: mean squared error as the loss, ``metrics`` among
+    MSE and MAE (lower is better). Every sample needs its label (no missing-label mask).
+
+    Targets standardized by the data module are learned as they are, and ``scale`` (their standard
+    deviation, times any change of unit) turns predictions and targets back into the units the
+    metrics report."""
+
+    def __init__(self, name: str, num_outputs: int = 1, target: str | None = None, scale: float = 1.0, metrics: Sequence[str] = ("mse", "mae")) -> None:
         super().__init__(name, target)
         if num_outputs < 1:
             raise ValueError(f"task '{name}': num_outputs must be at least 1, got {num_outputs}")
+        unknown = [metric for metric in metrics if metric not in REGRESSION_METRICS]
+        if unknown or not metrics:
+            raise ValueError(f"task '{name}': unknown regression metrics {unknown or list(metrics)}; valid choices: {list(REGRESSION_METRICS)}")
         self.num_outputs = num_outputs
+        self.scale = float(scale)
+        self.metric_names = list(metrics)
 
     def loss(self, prediction: Tensor, target: Tensor) -> Tensor:
         """Mean squared error over samples and outputs."""
         return F.mse_loss(prediction, target)
 
     def metrics(self) -> MetricCollection:
-        return MetricCollection({"mse": MeanSquaredError(), "mae": MeanAbsoluteError()})
+        metrics = {name: REGRESSION_METRICS[name]() for name in self.metric_names}
+        if self.scale != 1.0:
+            in_units = functools.partial(torch.mul, other=self.scale)
+            metrics = {name: LambdaInputTransformer(metric, transform_pred=in_units, transform_target=in_units) for name, metric in metrics.items()}
+        return MetricCollection(metrics)
+
+    def higher_is_better(self) -> dict[str, bool]:
+        return dict.fromkeys(self.metric_names, False)
 
 
 def first_sample(bad: Tensor) -> int | None:

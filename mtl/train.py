@@ -23,7 +23,7 @@ from mtl.callbacks import LastEpochsMean
 from mtl.checkpoints import WEIGHTS_ONLY, CheckpointError, check_resumable, load_model_weights, read_checkpoint
 from mtl.console import print_config_tree, print_results_table
 from mtl.engine.host_memory import retain_freed_host_memory
-from mtl.metrics.delta_m import check_baselines, delta_m
+from mtl.metrics.delta_m import delta_m
 from mtl.run_files import git_state, nest_metrics, tested_metrics, write_json, write_run_files
 
 log = logging.getLogger(__name__)
@@ -42,10 +42,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule, module = build_datamodule_and_module(cfg)
     if initial is not None:
         load_model_weights(module.model, initial, cfg.init_from)
-    higher_is_better = {task.name: task.higher_is_better() for task in datamodule.tasks}
-    baselines = OmegaConf.to_container(cfg.baselines) if cfg.get("baselines") else None
-    if baselines is not None:
-        check_baselines(baselines, higher_is_better)
+    higher_is_better, baselines = module.higher_is_better, module.baselines  # checked by the module
     trainer = build_trainer(cfg)
     if trainer.is_global_zero:
         write_run_files(output_dir, cfg)

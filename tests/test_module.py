@@ -149,3 +149,12 @@ def test_a_plateau_scheduler_steps_once_an_epoch_on_the_monitored_metric(tmp_pat
         fit_tiny(tmp_path / "typo", [*plateau, "scheduler_monitor=val/mean/lost"], epochs=1)
     with pytest.raises(ValueError, match=r"a ReduceLROnPlateau scheduler steps on a metric: set scheduler_monitor"):
         fit_tiny(tmp_path / "none", plateau, epochs=1)
+
+
+def test_with_baselines_every_validation_epoch_logs_its_delta_m(tmp_path):
+    module = fit_tiny(tmp_path / "run", ["baselines={left: {accuracy: 0.5}, right: {accuracy: 0.25}}"], epochs=1)
+    logged = module.trainer.callback_metrics
+    left, right = float(logged["val/left/accuracy"]), float(logged["val/right/accuracy"])
+    assert float(logged["val/delta_m"]) == pytest.approx(100 / 2 * (-(left - 0.5) / 0.5 - (right - 0.25) / 0.25), rel=1e-5)
+    with pytest.raises(ValueError, match=r"the baselines lack \['right/accuracy'\]"):
+        fit_tiny(tmp_path / "partial", ["baselines={left: {accuracy: 0.5}}"], epochs=1)

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from mtl.tasks import IGNORE_INDEX, BinaryTask, ClassificationTask, MissingTargetError, stack_losses
+from mtl.tasks import IGNORE_INDEX, BinaryTask, ClassificationTask, MissingTargetError, RegressionTask, stack_losses
 
 
 def test_cross_entropy_matches_hand_computation_and_skips_missing_labels():
@@ -65,3 +65,15 @@ def test_a_binary_task_takes_the_cross_entropy_of_its_logit_and_f1_at_one_half_s
     # predicted 1, 0, 1 for labels 1, 1, 0: one true positive, one false positive, one false negative
     assert scores == {"accuracy": pytest.approx(1 / 3), "f1": pytest.approx(0.5)}
     assert task.higher_is_better() == {"accuracy": True, "f1": True}
+
+
+def test_a_standardized_regression_task_learns_standardized_targets_and_reports_errors_in_its_units():
+    task = RegressionTask("homo", scale=250.0, metrics=["mae"])
+    prediction, target = torch.tensor([[0.5], [-1.0]]), torch.tensor([[0.0], [0.0]])
+    assert task.loss(prediction, target).item() == pytest.approx((0.25 + 1.0) / 2)  # on the standardized scale
+    metrics = task.metrics()
+    metrics.update(prediction, target)
+    assert {name: value.item() for name, value in metrics.compute().items()} == {"mae": pytest.approx(250.0 * 0.75)}
+    assert task.higher_is_better() == {"mae": False}
+    with pytest.raises(ValueError, match=r"task 'homo': unknown regression metrics \['rmse'\]; valid choices: \['mse', 'mae'\]"):
+        RegressionTask("homo", metrics=["rmse"])

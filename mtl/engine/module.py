@@ -40,6 +40,7 @@ from mtl.engine.distributed import GradientSync
 from mtl.engine.jacobian_modes import JacobianEngine
 from mtl.engine.step import MultiTaskStep
 from mtl.methods.base import Method
+from mtl.metrics.delta_m import Scores, check_baselines, delta_m
 from mtl.sam.base import Sharpness
 from mtl.tasks import Task, batch_size, batch_tasks, predict, stack_losses, task_batch
 
@@ -61,7 +62,9 @@ class MultiTaskModule(pl.LightningModule):
     ``jacobian``, ``sam``, ``sync`` and ``sam_sync`` are the step's (``MultiTaskStep``: its
     ``engine``, ``sharpness``, ``sync`` and ``sam_sync``). ``optimizer`` and ``scheduler`` are
     factories (Hydra partials) taking the parameters and the optimizer; the scheduler is stepped
-    once per epoch, a ``ReduceLROnPlateau`` on the epoch's value of ``scheduler_monitor``. ``gradient_clip_val`` clips the final update (after aggregation and any
+    once per epoch, a ``ReduceLROnPlateau`` on the epoch's value of ``scheduler_monitor``. With
+    single-task ``baselines`` every validation and test epoch also logs its Δm%,
+    ``{stage}/delta_m``, which a checkpoint or a plateau scheduler can follow. ``gradient_clip_val`` clips the final update (after aggregation and any
     sharpness-aware step) before the optimizer step, by its norm over all parameters or by value
     (``gradient_clip_algorithm``); Lightning's own clipping is unavailable under manual
     optimization. ``config`` is the run's resolved configuration: it is sent to the loggers and
@@ -84,6 +87,7 @@ class MultiTaskModule(pl.LightningModule):
         gradient_clip_algorithm: str = "norm",
         sam_sync: str = "global",
         scheduler_monitor: str | None = None,
+        baselines: Scores | None = None,
     ) -> None:
         super().__init__()
         self.step = MultiTaskStep(
@@ -99,6 +103,10 @@ class MultiTaskModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.scheduler_monitor = scheduler_monitor
+        self.higher_is_better = {task.name: task.higher_is_better() for task in self.tasks}
+        if baselines is not None:
+            check_baselines(baselines, self.higher_is_better)
+        self.baselines = baselines
         self.seed = seed
         self.save_hyperparameters({"config": dict(config or {})})
         self.train_metrics, self.val_metrics, self.test_metrics = (
@@ -216,4 +224,7 @@ class MultiTaskModule(pl.LightningModule):
             loss.reset()
         self.log_dict(per_task)
         self.log_dict({f"{stage}/{MEAN}/{name}": torch.stack(vals).mean() for name, vals in by_name.items()}, prog_bar=True)
+        if self.baselines is not None and stage != "train":
+            scores = {task: {name: float(per_task[f"{stage}/{task}/{name}"]) for name in directions} for task, directions in self.higher_is_better.items()}
+            self.log(f"{stage}/delta_m", delta_m(scores, self.baselines, self.higher_is_better), prog_bar=True)
 
