@@ -35,6 +35,8 @@ NEEDS = {
     ("experiment", "cityscapes_segnet_mtan"): ["data.root={cityscapes}"],
     ("data", "celeba"): ["data.root={celeba}"],
     ("experiment", "celeba_famo"): ["data.root={celeba}"],
+    ("baselines", "nyuv2_stl"): ["data=nyuv2", "data.root={nyuv2}"],
+    ("baselines", "cityscapes_stl"): ["data=cityscapes", "data.root={cityscapes}"],
     ("data", "office31"): ["data.root={office31}", "data.splits={office31}/data_txt"],
     ("experiment", "office31_libmtl"): ["data.root={office31}", "data.splits={office31}/data_txt"],
     ("data", "office_home"): ["data.root={office_home}"],
