@@ -14,6 +14,7 @@ from tests.celeba_fixtures import write_celeba
 from tests.conftest import SHARED_ADULT, compose_config
 from tests.dense_fixtures import write_cityscapes, write_nyuv2
 from tests.office_fixtures import write_office
+from tests.qm9_fixtures import write_qm9
 
 GROUP_OPTIONS = sorted(
     (path.parent.name, path.stem)
@@ -37,6 +38,10 @@ NEEDS = {
     ("experiment", "celeba_famo"): ["data.root={celeba}"],
     ("baselines", "nyuv2_stl"): ["data=nyuv2", "data.root={nyuv2}"],
     ("baselines", "cityscapes_stl"): ["data=cityscapes", "data.root={cityscapes}"],
+    ("baselines", "qm9_stl"): ["data=qm9", "data.root={qm9}", "data.held_out={{test: 5, val: 5}}"],
+    ("data", "qm9"): ["data.root={qm9}", "data.held_out={{test: 5, val: 5}}"],
+    ("model", "mpnn"): ["data=qm9", "data.root={qm9}", "data.held_out={{test: 5, val: 5}}"],
+    ("experiment", "qm9_nash"): ["data.root={qm9}", "data.held_out={{test: 5, val: 5}}"],
     ("data", "office31"): ["data.root={office31}", "data.splits={office31}/data_txt"],
     ("experiment", "office31_libmtl"): ["data.root={office31}", "data.splits={office31}/data_txt"],
     ("data", "office_home"): ["data.root={office_home}"],
@@ -45,7 +50,7 @@ NEEDS = {
 """Options that do not fit the default experiment, with what they need (LeNet needs a larger canvas,
 single-task training the name of its task, Adult the shared files, the dense benchmarks, SegNet,
 CelebA and Office fixtures in the releases' format: ``{nyuv2}``, ``{cityscapes}``, ``{celeba}``,
-``{office31}`` and ``{office_home}`` are their roots)."""
+``{office31}``, ``{office_home}`` and ``{qm9}`` are their roots)."""
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +59,7 @@ def fixture_roots(tmp_path_factory):
         "nyuv2": write_nyuv2,
         "cityscapes": write_cityscapes,
         "celeba": write_celeba,
+        "qm9": write_qm9,
         "office31": lambda root: write_office(root)[0],
         "office_home": lambda root: write_office(root, "office_home")[0],
     }

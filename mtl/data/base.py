@@ -9,7 +9,7 @@ import logging
 import math
 import os
 from abc import abstractmethod
-from collections.abc import Callable, Iterator, Sized
+from collections.abc import Callable, Iterator, Sequence, Sized
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,10 @@ log = logging.getLogger(__name__)
 
 
 class MultiTaskDataset(Dataset):
-    """Samples held as tensors: item ``i`` is ``{"input": inputs[i], task_target: targets[task_target][i], ...}``."""
+    """Samples held as tensors: item ``i`` is ``{"input": inputs[i], task_target: targets[task_target][i], ...}``.
+    ``inputs`` may be any sequence of the same length (a PyTorch Geometric dataset of graphs)."""
 
-    def __init__(self, inputs: Tensor, targets: dict[str, Tensor]) -> None:
+    def __init__(self, inputs: Tensor | Sequence[Any], targets: dict[str, Tensor]) -> None:
         for key, values in targets.items():
             if len(values) != len(inputs):
                 raise ValueError(f"target '{key}' has {len(values)} rows but there are {len(inputs)} inputs")
@@ -42,10 +43,11 @@ class MultiTaskDataset(Dataset):
         return {INPUT_KEY: self.inputs[index], **{key: values[index] for key, values in self.targets.items()}}
 
 
-def check_samples(inputs: Tensor, targets: dict[str, Tensor], tasks: list[Task], split: str) -> None:
+def check_samples(inputs: Tensor | Sequence[Any], targets: dict[str, Tensor], tasks: list[Task], split: str) -> None:
     """Raise, naming the split, the task and the first bad sample, on a non-finite input or a
-    target that a task cannot train on (``Task.check_targets``)."""
-    first = first_sample(~torch.isfinite(inputs)) if inputs.is_floating_point() else None
+    target that a task cannot train on (``Task.check_targets``). Inputs that are not a tensor
+    (graphs) are left unchecked."""
+    first = first_sample(~torch.isfinite(inputs)) if isinstance(inputs, Tensor) and inputs.is_floating_point() else None
     if first is not None:
         raise ValueError(f"the {split} input at index {first} is not finite")
     for task in tasks:

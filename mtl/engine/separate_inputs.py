@@ -36,9 +36,10 @@ def forward_each(model: nn.Module, inputs: Mapping[str, Tensor], task_names: Seq
     missing = [name for name in task_names if name not in inputs]
     if missing:
         raise KeyError(f"tasks {missing} have no batch of their own; the batch holds batches of the tasks {sorted(inputs)}")
+    device = next(model.parameters()).device  # the inputs' device, which a batch of graphs does not name
     randomness, predictions = [], {}
     for name in task_names:
-        randomness.append(RandomState.capture(inputs[name].device))
+        randomness.append(RandomState.capture(device))
         predictions[name] = model(inputs[name])[name]
     return SeparateInputs(tuple(randomness)), predictions
 

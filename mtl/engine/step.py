@@ -169,9 +169,10 @@ class MultiTaskStep:
         over the processes (so every perturbation is the single-process one); ``local`` averages
         the final gradients."""
         inputs = model_input(batch)
-        # the perturbed passes replay the clean pass's draws (of each task's pass, for a batch per task: SeparateInputs)
-        randomness = None if isinstance(inputs, Mapping) else RandomState.capture(inputs.device)
         shared = trained(self.model.shared_parameters())
+        # the perturbed passes replay the clean pass's draws (of each task's pass, for a batch per
+        # task: SeparateInputs) on the device of the weights, which is the inputs' one
+        randomness = None if isinstance(inputs, Mapping) else RandomState.capture(shared[0].device)
         heads = [trained(self.model.task_parameters(task.name)) for task in self.tasks]
         representation, losses, global_losses, clean, (aggregate, head_weights) = self._clean_pass(batch, shared, heads)
         size = batch_size(batch)
