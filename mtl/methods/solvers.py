@@ -34,7 +34,7 @@ def positive_definite(matrix: Tensor) -> np.ndarray:
 
 
 class CosineQuadraticForm:
-    """The quadratic form ``wᵀ gramian w`` in the variables ``x_k = |g_k| w_k``, whose matrix is the
+    """The quadratic form ``wᵀ gramian w`` in the variables ``x_k ∝ |g_k| w_k``, whose matrix is the
     matrix of cosines (rows of any norm weigh alike), made positive definite by
     ``positive_definite``; prepared once for any number of minimizations (UPGrad solves ``K``).
     Its Cholesky factor ``R`` (``matrix = RᵀR``) is computed once: quadprog is given ``R⁻¹``, so no
@@ -43,8 +43,12 @@ class CosineQuadraticForm:
 
     def __init__(self, gramian: Tensor) -> None:
         norms = gramian.diagonal().clamp(min=0).sqrt()
-        self.norms = torch.where(norms > 0, norms, torch.ones_like(norms))
-        matrix = positive_definite(gramian / torch.outer(self.norms, self.norms))
+        norms = torch.where(norms > 0, norms, torch.ones_like(norms))
+        matrix = positive_definite(gramian / torch.outer(norms, norms))
+        # the variables are x_k = w_k |g_k| / max_j |g_j|, which changes the objective by a constant
+        # factor only and keeps the constraints' scale the weights' whatever the gradients' scale
+        # (quadprog finds constraints of size 1e-19 "inconsistent")
+        self.norms = norms / norms.max()
         self.factor = np.linalg.cholesky(matrix).T
         self.dtype = gramian.dtype
 

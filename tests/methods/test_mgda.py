@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mtl.methods.dual_cone import UPGrad
 from mtl.methods.mgda import MGDA
 from tests.methods.conftest import conflicting_jacobian, random_jacobian
 
@@ -81,3 +82,11 @@ def test_a_zero_gradient_is_the_min_norm_point(make_method):
 def test_unknown_normalization_names_the_choices():
     with pytest.raises(ValueError, match=r"'l1'; valid choices: \['none', 'l2', 'loss', 'loss\+'\]"):
         MGDA(2, normalization="l1")
+
+
+@pytest.mark.parametrize("method", [MGDA(3), UPGrad(3)], ids=["mgda", "upgrad"])
+def test_the_weights_do_not_depend_on_the_gradients_scale(method):
+    # quadprog called MGDA's equality constraint "inconsistent" for gradients of norm about 1e19
+    gramian = JACOBIANS["random"][:3] @ JACOBIANS["random"][:3].T
+    small = method.gramian_weights(gramian, torch.ones(3))
+    torch.testing.assert_close(method.gramian_weights(1e38 * gramian, torch.ones(3)), small)
