@@ -61,9 +61,11 @@ class SAM(WeightPerturbation):
         copy_into(parameters, [weight + shift for weight, shift in zip(weights, perturbation)])
         for parameter in parameters:
             parameter.grad = None
-        with randomness.replayed():  # the clean pass's dropout masks
-            perturbed()
-        copy_into(parameters, weights)
+        try:
+            with randomness.replayed():  # the clean pass's dropout masks
+                perturbed()
+        finally:  # also when the perturbed pass raises (a non-finite loss there, which may be skipped)
+            copy_into(parameters, weights)
         self.finish(parameters, clean_gradients)
         return losses
 
