@@ -16,6 +16,7 @@ from pytorch_lightning.loggers import Logger, WandbLogger
 
 from mtl.data.base import MultiTaskDataModule
 from mtl.engine.module import MultiTaskModule
+from mtl.engine.nonfinite import NonFinitePolicy
 from mtl.tasks import Task
 
 
@@ -65,6 +66,7 @@ def build_datamodule_and_module(cfg: DictConfig) -> tuple[MultiTaskDataModule, M
         sam_sync=sam_sync,
         scheduler_monitor=cfg.get("scheduler_monitor"),
         baselines=OmegaConf.to_container(cfg.baselines) if cfg.get("baselines") else None,
+        nonfinite=NonFinitePolicy(cfg.get("nonfinite", "raise"), cfg.get("nonfinite_max_skips", 10)),
     )
     return datamodule, module
 

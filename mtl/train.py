@@ -23,6 +23,7 @@ from mtl.callbacks import LastEpochsMean
 from mtl.checkpoints import WEIGHTS_ONLY, CheckpointError, check_resumable, load_model_weights, read_checkpoint
 from mtl.console import print_config_tree, print_results_table
 from mtl.engine.host_memory import retain_freed_host_memory
+from mtl.engine.nonfinite import NonFiniteStep
 from mtl.metrics.delta_m import delta_m
 from mtl.run_files import git_state, nest_metrics, tested_metrics, write_json, write_run_files
 
@@ -118,7 +119,7 @@ def metric_value(results: dict[str, Any], name: str | None) -> float | None:
 def main(cfg: DictConfig) -> float | None:
     try:
         results = train(cfg)
-    except CheckpointError as error:
+    except (CheckpointError, NonFiniteStep) as error:  # the user's to act on: one line, no traceback
         log.error("The run failed: %s", error)
         raise SystemExit(str(error)) from None
     except Exception as error:

@@ -12,6 +12,9 @@ sharpness-aware steps can take over the backward pass inside this one ``training
     optimizer.step()
     step.after_update(batch)                    # FAMO's losses at the new weights
 
+A step with a non-finite task loss, task gradient or update never reaches ``optimizer.step()``:
+``nonfinite`` (``mtl.engine.nonfinite.NonFinitePolicy``) stops the run or skips the step.
+
 Epoch metrics and mean losses are torchmetrics states, synchronized across processes when they are
 computed.
 
@@ -38,6 +41,7 @@ from torchmetrics import MeanMetric
 from mtl.engine.checks import check_clipping, check_strategy
 from mtl.engine.distributed import GradientSync
 from mtl.engine.jacobian_modes import JacobianEngine
+from mtl.engine.nonfinite import NonFinitePolicy, NonFiniteStep
 from mtl.engine.step import MultiTaskStep
 from mtl.methods.base import Method
 from mtl.metrics.delta_m import Scores, check_baselines, delta_m
@@ -67,7 +71,8 @@ class MultiTaskModule(pl.LightningModule):
     ``{stage}/delta_m``, which a checkpoint or a plateau scheduler can follow. ``gradient_clip_val`` clips the final update (after aggregation and any
     sharpness-aware step) before the optimizer step, by its norm over all parameters or by value
     (``gradient_clip_algorithm``); Lightning's own clipping is unavailable under manual
-    optimization. ``config`` is the run's resolved configuration: it is sent to the loggers and
+    optimization. ``nonfinite`` says what a non-finite step does (raise or skip).
+    ``config`` is the run's resolved configuration: it is sent to the loggers and
     stored in every checkpoint, so ``mtl-eval`` can rebuild the run from a checkpoint alone.
     """
 
@@ -88,6 +93,7 @@ class MultiTaskModule(pl.LightningModule):
         sam_sync: str = "global",
         scheduler_monitor: str | None = None,
         baselines: Scores | None = None,
+        nonfinite: NonFinitePolicy | None = None,
     ) -> None:
         super().__init__()
         self.step = MultiTaskStep(
@@ -97,6 +103,7 @@ class MultiTaskModule(pl.LightningModule):
         self.gradient_clip_val = gradient_clip_val
         self.gradient_clip_algorithm = gradient_clip_algorithm
         self.automatic_optimization = False
+        self.nonfinite = nonfinite or NonFinitePolicy()
         self.model = model
         self.tasks = list(tasks)
         self.method = method
@@ -128,6 +135,9 @@ class MultiTaskModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         step = self.step
         check_strategy(self.trainer.strategy, step.method, step.sharpness, step.engine, step.sync)
+        if self.nonfinite.action == "skip" and self.trainer.world_size > 1:
+            # each process checks its own losses: one would skip while the others wait for it
+            raise ValueError(f"nonfinite=skip runs on one process (this run has {self.trainer.world_size}): the processes do not yet agree on a skip; use nonfinite=raise")
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         return self.model(x)
@@ -141,10 +151,18 @@ class MultiTaskModule(pl.LightningModule):
             raise ValueError("a ReduceLROnPlateau scheduler steps on a metric: set scheduler_monitor, e.g. scheduler_monitor=val/mean/loss")
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
-    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor | None:
         optimizer = self.optimizers()
         optimizer.zero_grad(set_to_none=True)
-        losses = self.step(batch, optimizer.param_groups[0]["lr"])
+        learning_rate = optimizer.param_groups[0]["lr"]
+        try:
+            losses = self.step(batch, learning_rate)
+        except NonFiniteStep as error:
+            self.nonfinite.on_nonfinite(error, f"step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx}, learning rate {learning_rate:g})")
+            optimizer.zero_grad(set_to_none=True)  # the method's parameters are the optimizer's too
+            self.log("train/nonfinite_skips", float(self.nonfinite.skipped), on_step=True, on_epoch=False)
+            return None
+        self.nonfinite.on_finite()
         if self.gradient_clip_val is not None:
             self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm=self.gradient_clip_algorithm)
         optimizer.step()

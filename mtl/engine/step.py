@@ -37,8 +37,9 @@ from mtl.engine.checks import check_method, check_sharpness, check_task_groups
 from mtl.engine.distributed import GradientSync
 from mtl.engine.jacobian import set_gradient, task_jacobian
 from mtl.engine.jacobian_modes import JacobianEngine, Representation
+from mtl.engine.nonfinite import NonFiniteStep, StateBeforeStep, check_losses, check_update
 from mtl.engine.separate_inputs import SeparateInputs
-from mtl.methods.base import GradientAggregator, LossWeighting, Method
+from mtl.methods.base import GradientAggregator, LossWeighting, Method, NonFiniteRows
 from mtl.sam.base import Aggregate, CleanGradients, RandomState, SeparateTaskLosses, Sharpness, TaskLosses, TaskPerturbation
 from mtl.tasks import Task, batch_size, model_input, predict, split_batch, stack_losses, task_batch, task_losses
 
@@ -91,10 +92,25 @@ class MultiTaskStep:
 
     def __call__(self, batch: Mapping[str, Tensor], learning_rate: float) -> Tensor:
         """Fill the empty ``.grad`` of every trained parameter with the step's update for ``batch``;
-        returns the task losses ``(K,)``. ``learning_rate`` is the optimizer's (GSAM reads it)."""
-        if self.sharpness is None:
-            return self._write_gradients(batch)
-        return self._write_sharpness_aware_gradients(batch, learning_rate)
+        returns the task losses ``(K,)``. ``learning_rate`` is the optimizer's (GSAM reads it).
+
+        Raises ``NonFiniteStep`` (``mtl.engine.nonfinite``), naming the tasks, when a task loss or
+        a task gradient the method would see is not finite, or the update is not."""
+        before = StateBeforeStep(self.model, self.method)
+        try:
+            if self.sharpness is None:
+                losses = self._write_gradients(batch)
+            else:
+                losses = self._write_sharpness_aware_gradients(batch, learning_rate)
+            check_update([parameter.grad for parameter in self.parameters() if parameter.grad is not None])
+        except NonFiniteRows as error:
+            before.restore()
+            what = {"gradient": "shared-parameter gradient"}.get(error.what, error.what)
+            raise NonFiniteStep(f"the {what} of {self._row_names(error.rows)} is not finite") from None
+        except NonFiniteStep:
+            before.restore()
+            raise
+        return losses
 
     def after_update(self, batch: Mapping[str, Tensor]) -> None:
         """After the optimizer step: the losses at the new weights, for a method that requires them."""
@@ -102,6 +118,13 @@ class MultiTaskStep:
             with torch.no_grad():
                 losses_after_step = stack_losses(self.tasks, predict(self.model, self.tasks, batch), batch)
                 self.method.update(self._global(losses_after_step, batch))
+
+    def _row_names(self, rows: Sequence[int]) -> str:
+        """The tasks of an aggregator's Jacobian ``rows``: one task each, or a group of tasks."""
+        names = [task.name for task in self.tasks]
+        if self.engine.groups.trivial:
+            return "task " + ", ".join(f"'{names[row]}'" for row in rows)
+        return "task group " + ", ".join(str([names[task] for task in self.engine.groups.groups[row]]) for row in rows)
 
     def parameters(self) -> list[nn.Parameter]:
         """The parameters the step writes a gradient for: the model's, then the method's."""
@@ -121,6 +144,7 @@ class MultiTaskStep:
         """The task losses ``(K,)`` of a training batch, recorded except in a perturbed pass."""
         predictions = predict(self.model, self.tasks, batch)
         losses = stack_losses(self.tasks, predictions, batch)
+        check_losses(losses, [task.name for task in self.tasks])
         if self._recording:
             self.record(predictions, batch, losses)
         return losses
@@ -204,6 +228,7 @@ class MultiTaskStep:
         representation, predictions = self.engine.forward(self.model, model_input(batch), [task.name for task in self.tasks])
         separate = task_losses(self.tasks, predictions, batch)
         losses = torch.stack(separate)
+        check_losses(losses, [task.name for task in self.tasks])
         self.record(predictions, batch, losses)
         global_losses = self._global(losses, batch)
         # each task's own loss (its gradient runs its own head alone), with the global value
@@ -286,6 +311,7 @@ class MultiTaskStep:
             representation, predictions = self.engine.forward(self.model, model_input(part), [task.name for task in self.tasks])
             representations.append(representation)
             separate.append(task_losses(self.tasks, predictions, part))
+            check_losses(torch.stack(separate[-1]), [task.name for task in self.tasks])
             if self._recording:
                 self.record(predictions, part, torch.stack(separate[-1]))
         losses = torch.stack([torch.stack(sample) for sample in separate])

@@ -9,7 +9,9 @@
 - ``GramianWeighting``: the common case of an aggregator whose direction is a combination of the
   rows, ``d = w @ G``, with weights computed from the Gramian ``G Gᵀ (K, K)`` alone.
 
-Methods are pure: tensors in, tensors out. Learnable weights are parameters, history is buffers,
+Methods are pure: tensors in, tensors out. An aggregator refuses a Jacobian (or Gramian) with a
+non-finite entry, or non-finite losses, before computing anything (``NonFiniteRows``), so no solver
+fails on them and no state takes them in; what to do then is the training step's policy. Learnable weights are parameters, history is buffers,
 and a stochastic method's random generator travels in its state dict, so a checkpoint carries a
 method's whole state. Each class states what it needs (``requires``) and whether it is
 ``stochastic`` or ``stateful``, so the engine can reject an impossible combination at start-up.
@@ -82,6 +84,32 @@ class LossWeighting(Method):
         raise NotImplementedError(f"{type(self).__name__} does not use the losses after the step")
 
 
+class NonFiniteRows(FloatingPointError):
+    """An aggregator's input has non-finite ``rows`` (task indices, or task-group indices when the
+    engine groups tasks): of its ``what`` (``gradient`` or ``loss``)."""
+
+    def __init__(self, what: str, rows: Sequence[int]) -> None:
+        super().__init__(f"the {what} of rows {list(rows)} is not finite")
+        self.what, self.rows = what, list(rows)
+
+
+def refuse_nonfinite(what: str, values: Tensor, row_dim: int = -1) -> None:
+    """Raise ``NonFiniteRows`` naming the rows (indices along ``row_dim``: one per task) of
+    ``values`` that hold a non-finite entry, in any sample of a double-sampling method's ``N``."""
+    finite = torch.isfinite(values.detach())
+    if bool(finite.all()):
+        return
+    rows = finite.movedim(row_dim, 0).reshape(values.shape[row_dim], -1).all(dim=1)
+    raise NonFiniteRows(what, (~rows).nonzero().flatten().tolist())
+
+
+def refuse_nonfinite_inputs(method: nn.Module, inputs: tuple[Tensor, Tensor]) -> None:
+    """A forward pre-hook: an aggregator's Jacobian ``(K, P)`` and losses ``(K,)`` must be finite."""
+    jacobian, losses = inputs
+    refuse_nonfinite("loss", losses)
+    refuse_nonfinite("gradient", jacobian, row_dim=-2)
+
+
 class GradientAggregator(Method):
     """Jacobian ``(K, P)`` and losses ``(K,)`` in, one direction ``(P,)`` out.
 
@@ -105,6 +133,8 @@ class GradientAggregator(Method):
     def __init__(self, num_tasks: int, seed: int = 0) -> None:
         super().__init__(num_tasks, seed)
         self.last_weights: Tensor | None = None
+        if "gramian" not in self.requires:  # a Gramian weighting checks the Gramian it solves on
+            self.register_forward_pre_hook(refuse_nonfinite_inputs)
 
     @abstractmethod
     def forward(self, jacobian: Tensor, losses: Tensor) -> Tensor:
@@ -143,9 +173,13 @@ class GramianWeighting(GradientAggregator):
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
         """``weights`` for a Gramian and losses of any device and dtype, solved in float64 on the
         CPU on one BLAS thread; kept as ``last_weights``. For an engine that forms the Gramian
-        without the Jacobian (``mtl.engine.linear_heads``)."""
+        without the Jacobian (``mtl.engine.linear_heads``). Row ``k`` of the Jacobian is finite
+        where ``G_kk = |g_k|²`` is, which is checked on the CPU copy (no wait on the device)."""
+        gramian, losses = gramian.double().cpu(), losses.detach().double().cpu()
+        refuse_nonfinite("loss", losses)
+        refuse_nonfinite("gradient", gramian.diagonal())
         with single_threaded_blas():
-            weights = self.weights(gramian.double().cpu(), losses.detach().double().cpu())
+            weights = self.weights(gramian, losses)
         self.last_weights = weights
         return weights
 
