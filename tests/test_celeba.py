@@ -65,7 +65,7 @@ def test_a_missing_or_malformed_release_is_named(root, tmp_path):
         CelebA(str(broken))
 
 
-@pytest.mark.parametrize("method", ["ew", "mgda", "famo"])
+@pytest.mark.parametrize("method", ["ew", "mgda", "famo", "krum", "trimmed_mean", "cr_mogm"])
 def test_a_few_steps_of_famos_celeba_protocol(root, tmp_path, method):
     overrides = [
         "experiment=celeba_famo",

@@ -26,6 +26,8 @@ GROUP_OPTIONS = sorted(
 NEEDS = {
     ("model", "lenet"): ["data=multimnist"],
     ("method", "stl"): ["method.task=left"],
+    ("method", "krum"): ["experiment=celeba_famo", "data.root={celeba}"],
+    ("method", "trimmed_mean"): ["experiment=celeba_famo", "data.root={celeba}"],
     ("data", "adult"): [f"data.root={SHARED_ADULT}"],
     ("experiment", "adult_mmoe"): [f"data.root={SHARED_ADULT}"],
     ("data", "nyuv2"): ["data.root={nyuv2}"],

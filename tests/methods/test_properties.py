@@ -18,6 +18,10 @@ REQUIRED_OPTIONS = {"stl": {"task": 1}}
 """Options a method's config leaves mandatory (``???``); ``stl``'s task is an index here, as
 ``mtl.build`` passes it after resolving the task's name."""
 
+MINIMUM_TASKS = {"krum": 3, "trimmed_mean": 3}
+"""Methods that need more than one task with their default options; they refuse fewer when built
+(their own tests check the message)."""
+
 ROBUSTNESS_CASES = {
     "zero row": torch.tensor([[1.0, 2.0, 0.0, -1.0], [0.0, 0.0, 0.0, 0.0], [0.5, -1.0, 1.0, 0.0]]),
     "duplicated rows": torch.tensor([[1.0, 2.0, 0.0, -1.0], [1.0, 2.0, 0.0, -1.0], [0.5, -1.0, 1.0, 0.0]]),
@@ -45,6 +49,8 @@ def aggregate(method: GradientAggregator, jacobian: torch.Tensor, losses: torch.
 @pytest.mark.parametrize("case", ROBUSTNESS_CASES)
 def test_aggregators_return_a_finite_direction_on_hard_jacobians(name, case, make_method):
     jacobian = ROBUSTNESS_CASES[case]
+    if len(jacobian) < MINIMUM_TASKS.get(name, 1):
+        pytest.skip(f"{name} needs at least {MINIMUM_TASKS[name]} tasks with its default options")
     direction = aggregate(make_method(name, len(jacobian)), jacobian, losses_for(jacobian))
     assert direction.shape == jacobian.shape[1:] and direction.dtype == jacobian.dtype
     assert torch.isfinite(direction.float()).all()
