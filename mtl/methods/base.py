@@ -148,13 +148,37 @@ class GramianWeighting(GradientAggregator):
     upcast first) and handed to ``weights`` on the CPU in float64, where the small ``(K, K)``
     solves (numpy, scipy, quadprog) are cheap and accurate. They run on one BLAS thread
     (``single_threaded_blas``). The direction has the Jacobian's device and dtype.
+
+    ``update_every = T > 1`` (``method.update_every``, any Gramian weighting) solves for new weights
+    every ``T`` steps and reuses the last solved ones in between (``WeightReuse``; PSMGD, "Periodic
+    Stochastic Multi-Gradient Descent for Fast Multi-Objective Optimization", arXiv:2412.10961).
+    A method whose weights depend on the step's Gramian after the solve (the norm clip of
+    Nash-MTL and FairGrad) does that in ``scaled``, every step.
     """
 
     requires = frozenset({"gramian"})
 
+    def __init__(self, num_tasks: int, seed: int = 0, update_every: int = 1) -> None:
+        super().__init__(num_tasks, seed)
+        if update_every < 1:
+            raise ValueError(f"method.update_every must be a positive integer (1 solves every step), got {update_every}")
+        self.reuse = WeightReuse(num_tasks, update_every) if update_every > 1 else None
+        if self.reuse is not None:
+            self.stateful = True
+
     @abstractmethod
     def weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
         """Weights ``(K,)`` (float64) from the Gramian ``(K, K)`` and losses ``(K,)``, both float64."""
+
+    def scaled(self, weights: Tensor, gramian: Tensor) -> Tensor:
+        """The step's weights from solved (or reused) ``weights`` and the step's ``gramian``: the same
+        weights unless a method rescales them each step."""
+        return weights
+
+    def step_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
+        """This step's weights, float64 on the CPU: ``weights`` solved (or reused), then ``scaled``."""
+        solved = self.weights(gramian, losses) if self.reuse is None else self.reuse(lambda: self.weights(gramian, losses))
+        return self.scaled(solved, gramian)
 
     def forward(self, jacobian: Tensor, losses: Tensor) -> Tensor:
         (direction,) = self.combine_blocks([jacobian], losses)
@@ -171,7 +195,7 @@ class GramianWeighting(GradientAggregator):
         return [(placed[matrix.device, matrix.dtype] @ matrix).to(block.dtype) for matrix, block in zip(matrices, blocks)]
 
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
-        """``weights`` for a Gramian and losses of any device and dtype, solved in float64 on the
+        """``step_weights`` for a Gramian and losses of any device and dtype, solved in float64 on the
         CPU on one BLAS thread; kept as ``last_weights``. For an engine that forms the Gramian
         without the Jacobian (``mtl.engine.linear_heads``). Row ``k`` of the Jacobian is finite
         where ``G_kk = |g_k|²`` is, which is checked on the CPU copy (no wait on the device)."""
@@ -179,9 +203,26 @@ class GramianWeighting(GradientAggregator):
         refuse_nonfinite("loss", losses)
         refuse_nonfinite("gradient", gramian.diagonal())
         with single_threaded_blas():
-            weights = self.weights(gramian, losses)
+            weights = self.step_weights(gramian, losses)
         self.last_weights = weights
         return weights
+
+
+class WeightReuse(nn.Module):
+    """Weights solved on every ``period``-th call and reused on the calls in between (its buffers
+    ``solved`` and ``calls`` travel in the method's state dict)."""
+
+    def __init__(self, num_tasks: int, period: int) -> None:
+        super().__init__()
+        self.period = period
+        self.register_buffer("solved", torch.zeros(num_tasks, dtype=torch.float64))
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+    def forward(self, solve: Callable[[], Tensor]) -> Tensor:
+        if self.calls % self.period == 0:
+            self.solved.copy_(solve())
+        self.calls += 1
+        return self.solved.cpu().clone()
 
 
 INNER_PRODUCT_BLOCK = 4096

@@ -74,8 +74,8 @@ class CAGrad(GramianWeighting):
 
     mean_scale = False
 
-    def __init__(self, num_tasks: int, c: float = 0.4, rescale: int = 1) -> None:
-        super().__init__(num_tasks)
+    def __init__(self, num_tasks: int, c: float = 0.4, rescale: int = 1, update_every: int = 1) -> None:
+        super().__init__(num_tasks, update_every=update_every)
         if c < 0:
             raise ValueError(f"method.c must be non-negative, got {c}")
         if rescale not in RESCALES:

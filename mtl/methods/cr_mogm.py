@@ -9,7 +9,8 @@ iterates away from the Pareto set, and its fix is to average the weights over th
 
     λ_t = β λ_{t-1} + (1 - β) λ̂_t,      λ_0 = λ̂_1,      d_t = λ_t @ G_t
 
-with ``λ̂_t`` the wrapped (``inner``) weighting's weights for this step's Gramian and losses. ``β = 0``
+with ``λ̂_t`` the weights the wrapped (``inner``) weighting would use this step, its reuse
+(``method.inner.update_every``) and its norm clip (Nash-MTL, FairGrad) included. ``β = 0``
 is the inner weighting itself, ``β = 1`` keeps the first step's weights forever. The paper's analysis
 lets the coefficient change with the step; here it is one number, default ``0.9`` (TorchJD's
 ``CRMOGMWeighting``). The inner weighting is any Gramian weighting, with its own options
@@ -36,8 +37,8 @@ class CRMOGM(GramianWeighting):
 
     stateful = True
 
-    def __init__(self, num_tasks: int, inner: Callable[..., GramianWeighting], beta: float = 0.9) -> None:
-        super().__init__(num_tasks)
+    def __init__(self, num_tasks: int, inner: Callable[..., GramianWeighting], beta: float = 0.9, update_every: int = 1) -> None:
+        super().__init__(num_tasks, update_every=update_every)
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"method.beta={beta} must be in [0, 1]: the weight of the previous weights in the average")
         self.inner = inner(num_tasks=num_tasks)
@@ -53,7 +54,7 @@ class CRMOGM(GramianWeighting):
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
 
     def weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
-        current = self.inner.weights(gramian, losses)
+        current = self.inner.step_weights(gramian, losses)
         averaged = current if self.steps == 0 else self.beta * self.previous.cpu() + (1.0 - self.beta) * current
         self.previous.copy_(averaged)
         self.steps += 1

@@ -43,15 +43,18 @@ class FairGrad(GramianWeighting):
 
     mean_scale = False
 
-    def __init__(self, num_tasks: int, alpha: float = 2.0, max_norm: float = 1.0) -> None:
-        super().__init__(num_tasks)
+    def __init__(self, num_tasks: int, alpha: float = 2.0, max_norm: float = 1.0, update_every: int = 1) -> None:
+        super().__init__(num_tasks, update_every=update_every)
         if alpha <= 0:
             raise ValueError(f"method.alpha must be positive (1 is proportional fairness), got {alpha}")
         self.alpha = alpha
         self.max_norm = max_norm
 
     def weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
-        return clip_weights(fair_weights(gramian, self.alpha), gramian, self.max_norm)
+        return fair_weights(gramian, self.alpha)
+
+    def scaled(self, weights: Tensor, gramian: Tensor) -> Tensor:
+        return clip_weights(weights, gramian, self.max_norm)
 
 
 def fair_weights(gramian: Tensor, alpha: float) -> Tensor:

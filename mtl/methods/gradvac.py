@@ -46,8 +46,8 @@ class GradVac(GramianWeighting):
     stochastic = True
     stateful = True
 
-    def __init__(self, num_tasks: int, beta: float = 0.01, seed: int = 0) -> None:
-        super().__init__(num_tasks, seed)
+    def __init__(self, num_tasks: int, beta: float = 0.01, seed: int = 0, update_every: int = 1) -> None:
+        super().__init__(num_tasks, seed, update_every)
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"method.beta must lie in [0, 1], got {beta}")
         self.beta = beta

@@ -54,8 +54,8 @@ class MGDA(GramianWeighting):
     ``mean_scale`` holds for the default ``normalization="none"`` only.
     """
 
-    def __init__(self, num_tasks: int, normalization: str = "none") -> None:
-        super().__init__(num_tasks)
+    def __init__(self, num_tasks: int, normalization: str = "none", update_every: int = 1) -> None:
+        super().__init__(num_tasks, update_every=update_every)
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"method.normalization is '{normalization}'; valid choices: {list(NORMALIZATIONS)}")
         self.normalization = normalization

@@ -29,10 +29,12 @@ it). Zero gradients cannot satisfy the equation; they get weight 0. When the equ
 positive solution (linearly dependent gradients with a non-negative null combination, e.g. K > P)
 the log-weights are bounded to ``[-50, 50]``, and the clip keeps the direction finite.
 
-``update_weights_every`` (default 1): new weights every that many steps, the last ones reused in
-between (the ``weights_in_use`` buffer, which also warm-starts the next solve; ``step`` counts the
-calls). Defaults from the official code: ``update_weights_every = 1``, ``max_norm = 1.0``. Cost: K
-task gradients, the ``(K, K)`` Gramian, and a few Newton steps on it per update.
+The official code's ``update_weights_every`` is ``method.update_every`` (every Gramian weighting
+has it): new weights every that many steps, the last ones reused in between and clipped with each
+step's Gramian, as the official code clips each step's shared gradient. Each solve is warm-started
+from the last one (the ``last_solution`` buffer). Defaults from the official code:
+``update_every = 1``, ``max_norm = 1.0``. Cost: K task gradients, the ``(K, K)`` Gramian, and a few
+Newton steps on it per update.
 """
 
 from __future__ import annotations
@@ -55,20 +57,18 @@ class NashMTL(GramianWeighting):
     mean_scale = False
     stateful = True
 
-    def __init__(self, num_tasks: int, update_weights_every: int = 1, max_norm: float = 1.0) -> None:
-        super().__init__(num_tasks)
-        if update_weights_every < 1:
-            raise ValueError(f"method.update_weights_every must be a positive integer, got {update_weights_every}")
-        self.update_weights_every = update_weights_every
+    def __init__(self, num_tasks: int, max_norm: float = 1.0, update_every: int = 1) -> None:
+        super().__init__(num_tasks, update_every=update_every)
         self.max_norm = max_norm
-        self.register_buffer("weights_in_use", torch.zeros(num_tasks, dtype=torch.float64))
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.register_buffer("last_solution", torch.zeros(num_tasks, dtype=torch.float64))
 
     def weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
-        if self.step % self.update_weights_every == 0:
-            self.weights_in_use.copy_(nash_weights(gramian, self.weights_in_use.cpu()))
-        self.step += 1
-        return clip_weights(self.weights_in_use.cpu(), gramian, self.max_norm)
+        solution = nash_weights(gramian, self.last_solution.cpu())
+        self.last_solution.copy_(solution)
+        return solution
+
+    def scaled(self, weights: Tensor, gramian: Tensor) -> Tensor:
+        return clip_weights(weights, gramian, self.max_norm)
 
 
 def nash_weights(gramian: Tensor, start: Tensor) -> Tensor:

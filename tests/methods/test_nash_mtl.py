@@ -59,7 +59,7 @@ def test_hand_computed_orthogonal_case(make_method):
 
 
 def test_weights_are_reused_between_updates(make_method):
-    method = make_method("nash_mtl", 2, update_weights_every=3, max_norm=0)
+    method = make_method("nash_mtl", 2, update_every=3, max_norm=0)
     first, second = random_jacobian(2, 5, seed=1), random_jacobian(2, 5, seed=2)
     method(first, torch.ones(2))
     solved = method.last_weights.clone()
@@ -71,14 +71,26 @@ def test_weights_are_reused_between_updates(make_method):
     assert torch.allclose(method.last_weights, solve(second)[0], atol=1e-6)
 
 
+def test_reused_weights_are_clipped_with_each_steps_gradients(make_method):
+    # as the official code clips each step's shared gradient: the reused α, then the norm of α @ G_t
+    first, second = random_jacobian(2, 5, seed=1), random_jacobian(2, 5, seed=2)
+    solved = solve(first)[0].float()
+    assert (solved @ first).norm() > 1  # so the first step is clipped
+    for scale in (10.0, 0.01):  # the second step's direction clipped, then not
+        method = make_method("nash_mtl", 2, update_every=2)
+        method(first, torch.ones(2))
+        direction, unclipped = method(scale * second, torch.ones(2)), solved @ (scale * second)
+        assert torch.allclose(direction, unclipped / unclipped.norm().clamp(min=1), atol=1e-6)
+
+
 def test_state_dict_round_trip_keeps_the_weights_and_the_step(make_method):
-    first = make_method("nash_mtl", 2, update_weights_every=2)
+    first = make_method("nash_mtl", 2, update_every=2)
     first(random_jacobian(2, 5, seed=1), torch.ones(2))
-    second = make_method("nash_mtl", 2, update_weights_every=2)
+    second = make_method("nash_mtl", 2, update_every=2)
     second.load_state_dict(first.state_dict())
     jacobian = random_jacobian(2, 5, seed=3)
     assert torch.equal(first(jacobian, torch.ones(2)), second(jacobian, torch.ones(2)))
-    assert second.step.item() == 2
+    assert second.reuse.calls.item() == 2
 
 
 def test_zero_gradient_gets_zero_weight():
@@ -87,5 +99,5 @@ def test_zero_gradient_gets_zero_weight():
 
 
 def test_invalid_options_are_rejected():
-    with pytest.raises(ValueError, match="method.update_weights_every must be a positive integer, got 0"):
-        NashMTL(2, update_weights_every=0)
+    with pytest.raises(ValueError, match=r"method.update_every must be a positive integer \(1 solves every step\), got 0"):
+        NashMTL(2, update_every=0)
