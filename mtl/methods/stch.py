@@ -18,14 +18,13 @@ warm-up period, after warming up with the scale-invariant objective (mean log lo
                         weights   w_k = softmax((log L - log n) / mu)_k / L_k
 
 The official code's periods are epochs (``STCH_warmup_epoch = 4``, so the fifth epoch measures
-``n``); a loss weighting sees steps only, so a period here is ``period_steps`` calls of
-``objective`` (one per training step; set it to the batches per epoch to reproduce the official
-schedule; default 25, as ``dwa``). Defaults ``mu = 1`` and ``warmup_periods = 4`` (LibMTL's).
+``n``); here a period is ``period_steps`` calls of ``objective``, one per training step
+(``mtl.methods.reference_losses``; default 25, as ``dwa``). Defaults ``mu = 1`` and ``warmup_periods = 4`` (LibMTL's).
 Scale: LibMTL multiplies both objectives by ``K``; ``mtl`` uses the mean scale (``K`` equal losses
 at their ``n`` give weights ``1 / (K L_k)``, the ``si`` weights). Losses below
 ``torch.finfo(dtype).tiny`` are clamped as in ``si`` (weight 0, finite objective); LibMTL adds 1e-20
 inside the log instead. State (the step count and the sum of the measured losses) lives in
-buffers. Cost: one backward pass, as in single-task training.
+the buffers of ``ReferenceLosses``. Cost: one backward pass, as in single-task training.
 """
 
 from __future__ import annotations
@@ -34,6 +33,7 @@ import torch
 from torch import Tensor
 
 from mtl.methods.base import LossWeighting, register
+from mtl.methods.reference_losses import ReferenceLosses
 from mtl.methods.scale_invariant import clamped_log, mean_log_weights
 
 
@@ -47,32 +47,21 @@ class SmoothTchebycheff(LossWeighting):
         super().__init__(num_tasks)
         if mu <= 0:
             raise ValueError(f"STCH mu must be positive, got {mu}")
-        if warmup_periods < 0 or period_steps < 1:
-            raise ValueError(f"STCH needs warmup_periods >= 0 and period_steps >= 1, got {warmup_periods} and {period_steps}")
         self.mu = mu
-        self.period_steps = period_steps
-        self.measure_start = warmup_periods * period_steps
-        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
-        self.register_buffer("measured_total", torch.zeros(num_tasks, dtype=torch.float64))
+        self.reference = ReferenceLosses(num_tasks, warmup_periods, period_steps, "STCH")
 
     def forward(self, losses: Tensor) -> Tensor:
-        if self._warming_up():
+        if not self.reference.measured:
             return mean_log_weights(losses)
         softmax = torch.softmax(self._normalized_log_losses(losses) / self.mu, dim=0)
         return self.num_tasks * softmax * mean_log_weights(losses)
 
     def objective(self, losses: Tensor, gradient_norms: Tensor | None = None) -> Tensor:
-        if not self._warming_up():
+        if self.reference.measured:
             return self.mu * torch.logsumexp(self._normalized_log_losses(losses) / self.mu, dim=0)
-        if self.steps >= self.measure_start:
-            self.measured_total += losses.detach().double()
-        self.steps += 1
+        self.reference.record(losses)
         return clamped_log(losses).mean()
-
-    def _warming_up(self) -> bool:
-        return bool(self.steps < self.measure_start + self.period_steps)
 
     def _normalized_log_losses(self, losses: Tensor) -> Tensor:
         """``log L_k - log n_k``, with ``n`` the mean loss of the measuring period."""
-        reference = clamped_log(self.measured_total / self.period_steps).to(losses.dtype)
-        return clamped_log(losses) - reference
+        return clamped_log(losses) - clamped_log(self.reference.mean()).to(losses.dtype)

@@ -28,7 +28,7 @@ def test_warm_up_uses_the_mean_log_loss_and_measures_the_last_period(make_method
         assert torch.allclose(method(losses), torch.tensor([1.0, 0.125], dtype=torch.float64))
         assert math.isclose(method.objective(torch.tensor(step_losses)).item(), sum(map(math.log, step_losses)) / 2, rel_tol=1e-6)
     # measured over the last period: n = mean([2, 4], [4, 8]) = [3, 6]; at L = n all normalized log losses are 0
-    assert torch.allclose(method.measured_total / 2, torch.tensor([3.0, 6.0], dtype=torch.float64))
+    assert torch.allclose(method.reference.mean(), torch.tensor([3.0, 6.0], dtype=torch.float64))
     assert math.isclose(method.objective(torch.tensor([3.0, 6.0])).item(), math.log(2.0), rel_tol=1e-6)
 
 
