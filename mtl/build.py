@@ -82,15 +82,23 @@ def sharpness(spec: DictConfig | None) -> tuple[Any, str]:
     return instantiate(options), sync
 
 
+TASK_OPTIONS = ("task", "primary")
+"""Method options that name a task (``stl``'s ``task``, ``pcd``'s ``primary``); methods get its index."""
+
+
 def task_index_of(method: DictConfig, tasks: Sequence[Task]) -> dict[str, int]:
-    """``{"task": index}`` for a method config whose ``task`` names one of ``tasks`` (single-task
-    training, ``method=stl``), else ``{}``: methods see task indices, configs name tasks."""
-    if "task" not in method:
-        return {}
+    """``{option: index}`` for each of ``TASK_OPTIONS`` that the method config sets to the name of
+    one of ``tasks`` (single-task training, ``method=stl``; PCD's primary task): methods see task
+    indices, configs name tasks."""
     names = [task.name for task in tasks]
-    if method.task not in names:
-        raise ValueError(f"method.task={method.task!r} is not a task of this data; its tasks are {names}")
-    return {"task": names.index(method.task)}
+    indices = {}
+    for option in TASK_OPTIONS:
+        if method.get(option) is None:
+            continue
+        if method[option] not in names:
+            raise ValueError(f"method.{option}={method[option]!r} is not a task of this data; its tasks are {names}")
+        indices[option] = names.index(method[option])
+    return indices
 
 
 @contextmanager
