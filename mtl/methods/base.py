@@ -103,11 +103,18 @@ def refuse_nonfinite(what: str, values: Tensor, row_dim: int = -1) -> None:
     raise NonFiniteRows(what, (~rows).nonzero().flatten().tolist())
 
 
-def refuse_nonfinite_inputs(method: nn.Module, inputs: tuple[Tensor, Tensor]) -> None:
-    """A forward pre-hook: an aggregator's Jacobian ``(K, P)`` and losses ``(K,)`` must be finite."""
-    jacobian, losses = inputs
-    refuse_nonfinite("loss", losses)
-    refuse_nonfinite("gradient", jacobian, row_dim=-2)
+NORMALIZATIONS = ("none", "l2", "loss", "loss+")
+"""``method.normalization`` of every aggregator: each task gradient divided by 1, ``|g_k|``, ``L_k``
+or ``L_k |g_k|`` before it aggregates (MGDA's ``normalization_type``; Sener & Koltun 2018)."""
+
+
+def row_normalizers(normalization: str, squared_norms: Tensor, losses: Tensor) -> Tensor:
+    """The divisors ``c_k`` of ``normalization`` for rows of ``squared_norms`` ``|g_k|²`` and ``losses``
+    (any leading dimensions); one that is not positive (a zero row, a zero loss) is replaced by 1."""
+    norms = squared_norms.clamp(min=0).sqrt()
+    ones = torch.ones_like(norms)
+    normalizers = {"none": ones, "l2": norms, "loss": losses.to(norms), "loss+": losses.to(norms) * norms}[normalization]
+    return torch.where(normalizers > 0, normalizers, ones)
 
 
 class GradientAggregator(Method):
@@ -123,6 +130,11 @@ class GradientAggregator(Method):
     ``independent_samples = N > 1`` asks for ``N`` independent stochastic Jacobians per step
     (double-sampling methods): the engine splits the batch into ``N`` disjoint parts, runs each
     through the model, and calls ``forward`` with ``jacobian (N, K, P)`` and ``losses (N, K)``.
+
+    ``normalization`` (``method.normalization``, one of ``NORMALIZATIONS``; an option of every
+    aggregator, which subclasses pass on in ``**options``) divides each row by ``c_k`` before the
+    method sees it: the method then aggregates the normalized gradients. The default ``none``
+    leaves the rows as they are.
     """
 
     requires = frozenset({"jacobian"})
@@ -130,15 +142,30 @@ class GradientAggregator(Method):
     permutation_equivariant: ClassVar[bool] = True
     independent_samples: ClassVar[int] = 1
 
-    def __init__(self, num_tasks: int, seed: int = 0) -> None:
+    def __init__(self, num_tasks: int, seed: int = 0, normalization: str = "none") -> None:
         super().__init__(num_tasks, seed)
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"method.normalization is '{normalization}'; valid choices: {list(NORMALIZATIONS)}")
+        self.normalization = normalization
         self.last_weights: Tensor | None = None
-        if "gramian" not in self.requires:  # a Gramian weighting checks the Gramian it solves on
-            self.register_forward_pre_hook(refuse_nonfinite_inputs)
+        if "gramian" not in self.requires:  # a Gramian weighting checks and normalizes the Gramian it solves on
+            self.register_forward_pre_hook(prepare_rows)
 
     @abstractmethod
     def forward(self, jacobian: Tensor, losses: Tensor) -> Tensor:
         """The update direction ``(P,)`` for the rows of ``jacobian``, one per task."""
+
+
+def prepare_rows(method: GradientAggregator, inputs: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor] | None:
+    """A forward pre-hook: an aggregator's Jacobian ``(K, P)`` and losses ``(K,)`` must be finite; the
+    rows are then divided by the method's ``row_normalizers``."""
+    jacobian, losses = inputs
+    refuse_nonfinite("loss", losses)
+    refuse_nonfinite("gradient", jacobian, row_dim=-2)
+    if method.normalization == "none":
+        return None
+    normalizers = row_normalizers(method.normalization, jacobian.float().square().sum(dim=-1), losses.to(jacobian.device))
+    return jacobian / normalizers.unsqueeze(-1).to(jacobian.dtype), losses
 
 
 class GramianWeighting(GradientAggregator):
@@ -158,8 +185,8 @@ class GramianWeighting(GradientAggregator):
 
     requires = frozenset({"gramian"})
 
-    def __init__(self, num_tasks: int, seed: int = 0, update_every: int = 1) -> None:
-        super().__init__(num_tasks, seed)
+    def __init__(self, num_tasks: int, seed: int = 0, update_every: int = 1, normalization: str = "none") -> None:
+        super().__init__(num_tasks, seed, normalization)
         if update_every < 1:
             raise ValueError(f"method.update_every must be a positive integer (1 solves every step), got {update_every}")
         self.reuse = WeightReuse(num_tasks, update_every) if update_every > 1 else None
@@ -196,14 +223,16 @@ class GramianWeighting(GradientAggregator):
 
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
         """``step_weights`` for a Gramian and losses of any device and dtype, solved in float64 on the
-        CPU on one BLAS thread; kept as ``last_weights``. For an engine that forms the Gramian
+        CPU on one BLAS thread for the normalized rows, as weights of the rows given; kept as
+        ``last_weights``. For an engine that forms the Gramian
         without the Jacobian (``mtl.engine.linear_heads``). Row ``k`` of the Jacobian is finite
         where ``G_kk = |g_k|²`` is, which is checked on the CPU copy (no wait on the device)."""
         gramian, losses = gramian.double().cpu(), losses.detach().double().cpu()
         refuse_nonfinite("loss", losses)
         refuse_nonfinite("gradient", gramian.diagonal())
+        normalizers = row_normalizers(self.normalization, gramian.diagonal(), losses)
         with single_threaded_blas():
-            weights = self.step_weights(gramian, losses)
+            weights = self.step_weights(gramian / torch.outer(normalizers, normalizers), losses) / normalizers
         self.last_weights = weights
         return weights
 

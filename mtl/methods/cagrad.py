@@ -31,6 +31,8 @@ Cost per step: ``K`` backward passes for the Jacobian, the ``K x K`` Gramian, an
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from scipy.optimize import minimize
@@ -74,8 +76,8 @@ class CAGrad(GramianWeighting):
 
     mean_scale = False
 
-    def __init__(self, num_tasks: int, c: float = 0.4, rescale: int = 1, update_every: int = 1) -> None:
-        super().__init__(num_tasks, update_every=update_every)
+    def __init__(self, num_tasks: int, c: float = 0.4, rescale: int = 1, **options: Any) -> None:
+        super().__init__(num_tasks, **options)
         if c < 0:
             raise ValueError(f"method.c must be non-negative, got {c}")
         if rescale not in RESCALES:

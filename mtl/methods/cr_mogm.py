@@ -14,7 +14,8 @@ with ``λ̂_t`` the weights the wrapped (``inner``) weighting would use this ste
 is the inner weighting itself, ``β = 1`` keeps the first step's weights forever. The paper's analysis
 lets the coefficient change with the step; here it is one number, default ``0.9`` (TorchJD's
 ``CRMOGMWeighting``). The inner weighting is any Gramian weighting, with its own options
-(``method@method.inner=pcgrad``); the inner one is called every step, so a stateful or random
+(``method@method.inner=pcgrad``; the normalization is CR-MOGM's own ``method.normalization``);
+the inner one is called every step, so a stateful or random
 inner weighting advances as it would alone. K identical rows give that row whenever the inner
 weighting's weights sum to one (``mean_scale`` is the inner's).
 
@@ -24,6 +25,7 @@ State: ``λ_{t-1}`` and the step count, as buffers. Cost: the inner weighting's,
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -37,8 +39,8 @@ class CRMOGM(GramianWeighting):
 
     stateful = True
 
-    def __init__(self, num_tasks: int, inner: Callable[..., GramianWeighting], beta: float = 0.9, update_every: int = 1) -> None:
-        super().__init__(num_tasks, update_every=update_every)
+    def __init__(self, num_tasks: int, inner: Callable[..., GramianWeighting], beta: float = 0.9, **options: Any) -> None:
+        super().__init__(num_tasks, **options)
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"method.beta={beta} must be in [0, 1]: the weight of the previous weights in the average")
         self.inner = inner(num_tasks=num_tasks)
@@ -47,6 +49,11 @@ class CRMOGM(GramianWeighting):
             raise TypeError(
                 f"CR-MOGM averages the weights of a Gramian weighting; method.inner is a {type(self.inner).__name__}. "
                 f"Gramian weightings: {gramian_weightings}"
+            )
+        if self.inner.normalization != "none":
+            raise ValueError(
+                f"method.inner.normalization={self.inner.normalization!r}: CR-MOGM hands the inner weighting the Gramian it "
+                f"has normalized; set method.normalization={self.inner.normalization!r} instead"
             )
         self.beta = beta
         self.stochastic, self.mean_scale = self.inner.stochastic, self.inner.mean_scale

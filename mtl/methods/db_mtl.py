@@ -35,6 +35,8 @@ Cost: ``db_mtl_loss`` is one backward pass. ``db_mtl`` needs the Jacobian (K bac
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -81,8 +83,8 @@ class DualBalancing(TaskStateAggregator):
     mean_scale = False
     task_states = ("gradient_average",)
 
-    def __init__(self, num_tasks: int, beta: float = 0.9, sigma: float = 0.0) -> None:
-        super().__init__(num_tasks)
+    def __init__(self, num_tasks: int, beta: float = 0.9, sigma: float = 0.0, **options: Any) -> None:
+        super().__init__(num_tasks, **options)
         if not 0.0 <= beta < 1.0:
             raise ValueError(f"method.beta must be in [0, 1), got {beta}")
         if sigma < 0.0:

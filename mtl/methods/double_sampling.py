@@ -35,6 +35,7 @@ normalised by ``1 + lambda``). Weights are computed in float64.
 from __future__ import annotations
 
 from abc import abstractmethod
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -52,8 +53,8 @@ class DoubleSampling(GradientAggregator):
     stateful = True
     independent_samples = 3
 
-    def __init__(self, num_tasks: int) -> None:
-        super().__init__(num_tasks)
+    def __init__(self, num_tasks: int, **options: Any) -> None:
+        super().__init__(num_tasks, **options)
         self.register_buffer("task_weights", torch.full((num_tasks,), 1.0 / num_tasks, dtype=torch.float64))
 
     def forward(self, jacobian: Tensor, losses: Tensor) -> Tensor:
@@ -77,8 +78,8 @@ class DoubleSampling(GradientAggregator):
 class MoDo(DoubleSampling):
     """MoDo: one projected-gradient step of the weights on ``G_1 G_2ᵀ`` per training step."""
 
-    def __init__(self, num_tasks: int, gamma: float = 0.001, rho: float = 0.1) -> None:
-        super().__init__(num_tasks)
+    def __init__(self, num_tasks: int, gamma: float = 0.001, rho: float = 0.1, **options: Any) -> None:
+        super().__init__(num_tasks, **options)
         if gamma <= 0 or rho < 0:
             raise ValueError(f"method.gamma must be positive and method.rho non-negative, got gamma={gamma}, rho={rho}")
         self.gamma = gamma
@@ -93,8 +94,8 @@ class MoDo(DoubleSampling):
 class SDMGrad(DoubleSampling):
     """SDMGrad: weights by projected SGD with momentum on the direction-oriented objective; direction mixed with the mean."""
 
-    def __init__(self, num_tasks: int, lamda: float = 0.3, iterations: int = 20, lr: float = 5.0, momentum: float = 0.5) -> None:
-        super().__init__(num_tasks)
+    def __init__(self, num_tasks: int, lamda: float = 0.3, iterations: int = 20, lr: float = 5.0, momentum: float = 0.5, **options: Any) -> None:
+        super().__init__(num_tasks, **options)
         if lamda < 0 or iterations < 1:
             raise ValueError(f"method.lamda must be non-negative and method.iterations at least 1, got lamda={lamda}, iterations={iterations}")
         self.lamda = lamda

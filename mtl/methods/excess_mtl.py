@@ -31,6 +31,8 @@ Cost: the Jacobian (K backward passes), ``O(K P)`` memory for the accumulated sq
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -52,8 +54,8 @@ class ExcessMTL(TaskStateAggregator):
 
     task_states = ("squared_gradients",)
 
-    def __init__(self, num_tasks: int, robust_step_size: float = 0.01) -> None:
-        super().__init__(num_tasks)
+    def __init__(self, num_tasks: int, robust_step_size: float = 0.01, **options: Any) -> None:
+        super().__init__(num_tasks, **options)
         if robust_step_size <= 0.0:
             raise ValueError(f"method.robust_step_size must be positive, got {robust_step_size}")
         self.robust_step_size = robust_step_size

@@ -28,6 +28,8 @@ solve per step.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from scipy.optimize import least_squares
@@ -43,8 +45,8 @@ class FairGrad(GramianWeighting):
 
     mean_scale = False
 
-    def __init__(self, num_tasks: int, alpha: float = 2.0, max_norm: float = 1.0, update_every: int = 1) -> None:
-        super().__init__(num_tasks, update_every=update_every)
+    def __init__(self, num_tasks: int, alpha: float = 2.0, max_norm: float = 1.0, **options: Any) -> None:
+        super().__init__(num_tasks, **options)
         if alpha <= 0:
             raise ValueError(f"method.alpha must be positive (1 is proportional fairness), got {alpha}")
         self.alpha = alpha

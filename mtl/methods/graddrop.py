@@ -34,6 +34,7 @@ gradients and O(K P) elementwise work; no solver.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -47,8 +48,8 @@ class GradDrop(GradientAggregator):
 
     stochastic = True
 
-    def __init__(self, num_tasks: int, leak: float | Sequence[float] = 0.0, seed: int = 0) -> None:
-        super().__init__(num_tasks, seed)
+    def __init__(self, num_tasks: int, leak: float | Sequence[float] = 0.0, seed: int = 0, **options: Any) -> None:
+        super().__init__(num_tasks, seed, **options)
         leaks = [float(leak)] * num_tasks if isinstance(leak, (int, float)) else [float(value) for value in leak]
         if len(leaks) != num_tasks or not all(0.0 <= value <= 1.0 for value in leaks):
             raise ValueError(f"method.leak must be one number or {num_tasks} numbers, each in [0, 1]; got {leak}")

@@ -33,6 +33,8 @@ Cost: K task gradients, the ``(K, K)`` Gramian, O(K³) scalar work; K² buffer e
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -46,8 +48,8 @@ class GradVac(GramianWeighting):
     stochastic = True
     stateful = True
 
-    def __init__(self, num_tasks: int, beta: float = 0.01, seed: int = 0, update_every: int = 1) -> None:
-        super().__init__(num_tasks, seed, update_every)
+    def __init__(self, num_tasks: int, beta: float = 0.01, seed: int = 0, **options: Any) -> None:
+        super().__init__(num_tasks, seed, **options)
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"method.beta must lie in [0, 1], got {beta}")
         self.beta = beta

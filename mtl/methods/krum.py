@@ -23,6 +23,8 @@ distances; no solver.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -33,8 +35,8 @@ from mtl.methods.base import GramianWeighting, register
 class Krum(GramianWeighting):
     """The task gradient (or the mean of the ``selected`` gradients) closest to its ``K - byzantine - 2`` nearest others."""
 
-    def __init__(self, num_tasks: int, byzantine: int = 0, selected: int = 1, update_every: int = 1) -> None:
-        super().__init__(num_tasks, update_every=update_every)
+    def __init__(self, num_tasks: int, byzantine: int = 0, selected: int = 1, **options: Any) -> None:
+        super().__init__(num_tasks, **options)
         if byzantine < 0:
             raise ValueError(f"method.byzantine must be a non-negative number of task gradients, got {byzantine}")
         if num_tasks < byzantine + 3:

@@ -11,12 +11,12 @@ so ``d`` is the min-norm element of the hull of the (normalized) gradients: ``<d
 for every task, hence ``-d`` is a common descent direction (or ``d = 0`` at a Pareto-stationary
 point). For two tasks the closed form is ``w_1 = clip(<g_2 - g_1, g_2> / |g_1 - g_2|^2, 0, 1)``.
 
-Normalizers (the official code's ``normalization_type``): ``none`` (``c_k = 1``, the paper's
+Normalizers (the official code's ``normalization_type``, ``method.normalization``, which every
+aggregator takes: ``mtl.methods.base.row_normalizers``): ``none`` (``c_k = 1``, the paper's
 Algorithm 2 and mtl's default; it keeps the mean scale: ``K`` identical rows give that row), ``l2``
 (``c_k = |g_k|``), ``loss`` (``c_k = L_k``), ``loss+`` (``c_k = L_k |g_k|``, the official repository's
-sample configs). A normalizer that is not positive (a zero row, a zero loss) is replaced by 1. With a
-normalizer the direction is the min-norm point of the normalized gradients (as LibMTL); the official
-code instead applies ``w*`` to the raw losses.
+sample configs). With a normalizer the direction is the min-norm point of the normalized gradients
+(as LibMTL); the official code instead applies ``w*`` to the raw losses.
 
 The paper solves the QP with Frank-Wolfe; here it is solved exactly with quadprog's dual active-set
 method, on the matrix of cosines between the rows made positive definite by a relative ridge of
@@ -36,8 +36,6 @@ from torch import Tensor
 from mtl.methods.base import GramianWeighting, register
 from mtl.methods.solvers import minimize_quadratic_form
 
-NORMALIZATIONS = ("none", "l2", "loss", "loss+")
-
 
 def min_norm_weights(gramian: Tensor) -> Tensor:
     """Simplex weights of the min-norm point of the hull of the rows whose Gramian is ``gramian``."""
@@ -54,17 +52,5 @@ class MGDA(GramianWeighting):
     ``mean_scale`` holds for the default ``normalization="none"`` only.
     """
 
-    def __init__(self, num_tasks: int, normalization: str = "none", update_every: int = 1) -> None:
-        super().__init__(num_tasks, update_every=update_every)
-        if normalization not in NORMALIZATIONS:
-            raise ValueError(f"method.normalization is '{normalization}'; valid choices: {list(NORMALIZATIONS)}")
-        self.normalization = normalization
-
-    def normalizers(self, gramian: Tensor, losses: Tensor) -> Tensor:
-        norms = gramian.diagonal().clamp(min=0).sqrt()
-        normalizers = {"none": torch.ones_like(norms), "l2": norms, "loss": losses, "loss+": losses * norms}[self.normalization]
-        return torch.where(normalizers > 0, normalizers, torch.ones_like(normalizers))
-
     def weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
-        normalizers = self.normalizers(gramian, losses)
-        return min_norm_weights(gramian / torch.outer(normalizers, normalizers)) / normalizers
+        return min_norm_weights(gramian)

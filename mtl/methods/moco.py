@@ -36,6 +36,8 @@ Gramian per step.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -59,8 +61,9 @@ class MoCo(TaskStateAggregator):
         gamma: float = 0.1,
         gamma_sigma: float = 0.5,
         rho: float = 0.0,
+        **options: Any,
     ) -> None:
-        super().__init__(num_tasks)
+        super().__init__(num_tasks, **options)
         if not 0.0 < beta <= 1.0:
             raise ValueError(f"method.beta must be in (0, 1], got {beta}")
         if gamma <= 0.0:

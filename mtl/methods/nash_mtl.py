@@ -39,6 +39,8 @@ Newton steps on it per update.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from scipy.optimize import minimize, root
@@ -57,8 +59,8 @@ class NashMTL(GramianWeighting):
     mean_scale = False
     stateful = True
 
-    def __init__(self, num_tasks: int, max_norm: float = 1.0, update_every: int = 1) -> None:
-        super().__init__(num_tasks, update_every=update_every)
+    def __init__(self, num_tasks: int, max_norm: float = 1.0, **options: Any) -> None:
+        super().__init__(num_tasks, **options)
         self.max_norm = max_norm
         self.register_buffer("last_solution", torch.zeros(num_tasks, dtype=torch.float64))
 

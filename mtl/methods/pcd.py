@@ -30,6 +30,8 @@ averages and the step count, as buffers (updated on every solve). Cost: ``K`` ta
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -63,9 +65,9 @@ class PCD(GramianWeighting):
     permutation_equivariant = False
 
     def __init__(
-        self, num_tasks: int, primary: int | None = None, tau: float = 0.02, beta: float = 0.999, eps: float = 1e-8, update_every: int = 1
+        self, num_tasks: int, primary: int | None = None, tau: float = 0.02, beta: float = 0.999, eps: float = 1e-8, **options: Any
     ) -> None:
-        super().__init__(num_tasks, update_every=update_every)
+        super().__init__(num_tasks, **options)
         self.primary = 0 if primary is None else primary
         if not 0 <= self.primary < num_tasks:
             raise ValueError(f"method.primary must be a task index in [0, {num_tasks}), got {primary}")

@@ -26,8 +26,8 @@ class TaskStateAggregator(GradientAggregator):
     stateful = True
     task_states: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, num_tasks: int, seed: int = 0) -> None:
-        super().__init__(num_tasks, seed)
+    def __init__(self, num_tasks: int, seed: int = 0, **options: Any) -> None:
+        super().__init__(num_tasks, seed, **options)
         for name in self.task_states:
             self.register_buffer(name, torch.empty(0))
 

@@ -20,6 +20,8 @@ sort of the ``K`` values of each of the ``P`` coordinates, ``O(P K log K)``; no 
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor
 
 from mtl.methods.base import GradientAggregator, register
@@ -29,8 +31,8 @@ from mtl.methods.base import GradientAggregator, register
 class TrimmedMean(GradientAggregator):
     """Per coordinate, the mean of the task gradients' values without the ``trim`` largest and ``trim`` smallest."""
 
-    def __init__(self, num_tasks: int, trim: int = 1) -> None:
-        super().__init__(num_tasks)
+    def __init__(self, num_tasks: int, trim: int = 1, **options: Any) -> None:
+        super().__init__(num_tasks, **options)
         if trim < 0:
             raise ValueError(f"method.trim must be a non-negative number of values per side, got {trim}")
         if num_tasks < 2 * trim + 1:

@@ -64,3 +64,8 @@ def test_an_inner_method_that_is_not_a_gramian_weighting_is_refused_with_the_val
 def test_beta_outside_the_unit_interval_is_refused(tmp_path):
     with pytest.raises(InstantiationException, match=r"method.beta=1.5 must be in \[0, 1\]"):
         build(tmp_path, "method.beta=1.5")
+
+
+def test_an_inner_normalization_is_refused_for_cr_mogms_own(tmp_path):
+    with pytest.raises(InstantiationException, match=r"method.inner.normalization='l2'.*set method.normalization='l2' instead"):
+        build(tmp_path, "method.inner.normalization=l2")

@@ -119,3 +119,18 @@ def test_methods_continue_identically_after_a_state_dict_round_trip(name, make_m
     second = make_method(name, 3)
     second.load_state_dict(first.state_dict())
     assert all(torch.equal(call(first, jacobian), call(second, jacobian)) for jacobian in jacobians[2:])
+
+
+@pytest.mark.parametrize("normalization", ["l2", "loss", "loss+"])
+@pytest.mark.parametrize("name", AGGREGATORS)
+def test_a_normalization_is_the_method_on_the_divided_rows(name, normalization, make_method):
+    jacobian, losses = random_jacobian(3, 7, seed=4), torch.tensor([0.5, 2.0, 1.5])
+    norms = jacobian.norm(dim=1)
+    divisors = {"l2": norms, "loss": losses, "loss+": losses * norms}[normalization]
+    normalized = aggregate(make_method(name, 3, normalization=f"'{normalization}'"), jacobian, losses)
+    assert torch.allclose(normalized, aggregate(make_method(name, 3), jacobian / divisors[:, None], losses), atol=1e-5)
+
+
+def test_an_unknown_normalization_lists_the_valid_ones(make_method):
+    with pytest.raises(Exception, match=r"method.normalization is 'l1'; valid choices: \['none', 'l2', 'loss', 'loss\+'\]"):
+        make_method("pcgrad", 2, normalization="l1")
