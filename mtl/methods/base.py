@@ -228,6 +228,7 @@ class GramianWeighting(GradientAggregator):
         without the Jacobian (``mtl.engine.linear_heads``). Row ``k`` of the Jacobian is finite
         where ``G_kk = |g_k|²`` is, which is checked on the CPU copy (no wait on the device)."""
         gramian, losses = gramian.double().cpu(), losses.detach().double().cpu()
+        gramian = (gramian + gramian.T) / 2  # products of float32 blocks can leave G_ij and G_ji a rounding apart
         refuse_nonfinite("loss", losses)
         refuse_nonfinite("gradient", gramian.diagonal())
         normalizers = row_normalizers(self.normalization, gramian.diagonal(), losses)

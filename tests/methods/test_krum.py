@@ -71,3 +71,12 @@ def test_too_few_tasks_or_a_bad_selection_are_refused():
         Krum(4, byzantine=-1)
     with pytest.raises(ValueError, match=r"method.selected=5 must be in \[1, 4\]"):
         Krum(4, selected=5)
+
+
+
+def test_a_tie_of_two_mutual_nearest_gradients_goes_to_the_lower_index_whatever_the_rounding(make_method):
+    # with K = 3 and one neighbour each, the two closest rows always tie; a float32 Gramian can hold
+    # G_10 and G_01 a rounding apart, which broke the tie by rounding before the Gramian was symmetrized
+    gramian = torch.tensor([[1.0, 0.9, 0.0], [0.9 + 1e-7, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    weights = make_method("krum", 3).gramian_weights(gramian, torch.ones(3))
+    assert torch.equal(weights, torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))
